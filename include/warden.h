@@ -1,0 +1,23 @@
+/* warden.h - the whole public API of warden.
+ *
+ * warden: structured concurrency and resource lifecycles for C, on
+ * stackful coroutines and libuv.  See README.md and docs/.
+ */
+#ifndef WARDEN_H
+#define WARDEN_H
+
+#include "warden/alloc.h"
+#include "warden/blocking.h"
+#include "warden/cancel.h"
+#include "warden/error.h"
+#include "warden/group.h"
+#include "warden/runtime.h"
+#include "warden/task.h"
+#include "warden/types.h"
+
+#define WARDEN_VERSION_MAJOR 0
+#define WARDEN_VERSION_MINOR 1
+#define WARDEN_VERSION_PATCH 0
+#define WARDEN_VERSION "0.1.0"
+
+#endif

@@ -1,0 +1,102 @@
+/* warden/runtime.h - the runtime: one libuv loop, its tasks and its clock.
+ *
+ * A runtime belongs to one thread.  wd_run() creates one, runs main as the
+ * root task, drives the loop until the root task and all its descendants are
+ * done, and returns the root's status.  Ready tasks run from a FIFO queue;
+ * libuv is polled between batches of them, never between two ready tasks.
+ *
+ *   static int main_task(wd_task *self, void *arg) {
+ *     return wd_sleep(self, 10 * WD_MSEC);
+ *   }
+ *   int main(void) { return wd_run(main_task, NULL) == 0 ? 0 : 1; }
+ */
+#ifndef WARDEN_RUNTIME_H
+#define WARDEN_RUNTIME_H
+
+#include <stdio.h>
+
+#include "types.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum wd_clock_mode {
+  WD_CLOCK_REAL = 0, /* CLOCK_MONOTONIC */
+  /* Time stands still while any task can run, and jumps to the next deadline
+   * when every task is blocked and libuv has nothing in flight: time-based
+   * tests become instant and deterministic.  Starts at 0. */
+  WD_CLOCK_VIRTUAL = 1,
+} wd_clock_mode;
+
+typedef enum wd_guard_mode {
+  /* Guard pages while the process's mapping budget allows, then canaries
+   * (the default: see docs/core.md, "Stacks"). */
+  WD_GUARD_AUTO = 0,
+  WD_GUARD_NEVER = 1, /* always canaries: for tests of the canary path */
+} wd_guard_mode;
+
+/* Options for wd_run_with(); all zero means the defaults. */
+typedef struct wd_runtime_opts {
+  wd_clock_mode clock;
+  size_t stack_size;   /* default task stack; 0 = WD_STACK_DEFAULT */
+  wd_guard_mode guard; /* how stacks are protected against overflow */
+  const char *root_name; /* name of the root task; default "main" */
+} wd_runtime_opts;
+
+/* Default stack of a task: address space reserved, memory committed only
+ * for the pages a task touches (a parked task usually touches one). */
+#define WD_STACK_DEFAULT ((size_t)256 * 1024)
+#define WD_STACK_MIN ((size_t)32 * 1024)
+#define WD_STACK_MAX ((size_t)64 * 1024 * 1024)
+
+/* Run main(root, arg) as the root task of a new runtime on this thread and
+ * return when it and every task it started have ended.  Returns main's
+ * status, or WD_ENOMEM / a libuv error if the runtime could not start, or
+ * WD_EBUSY if this thread already runs a runtime. */
+int wd_run(wd_task_fn main, void *arg);
+
+/* wd_run() with options (opts may be NULL).  Returns WD_EINVAL for a NULL
+ * main or an out-of-range option. */
+int wd_run_with(const wd_runtime_opts *opts, wd_task_fn main, void *arg);
+
+/* The runtime running on this thread, or NULL. */
+wd_runtime *wd_runtime_current(void);
+
+/* The current time of task's runtime clock, in ns.  Checkpoint: no. */
+wd_time wd_now(const wd_task *self);
+
+/* Run fn(rt, arg) on rt's thread, outside any task, as soon as its loop
+ * polls.  The one function any thread may call.  fn must not block; it may
+ * wake tasks (wd_wake) or spawn into a group.  Posts still queued when the
+ * runtime ends are run before wd_run() returns.  rt must still be running:
+ * posting after wd_run() returned is undefined.
+ * Returns 0, WD_EINVAL (NULL rt or fn), WD_ENOMEM, or WD_ECLOSED when the
+ * runtime has already drained its last posts. */
+int wd_runtime_post(wd_runtime *rt, void (*fn)(wd_runtime *rt, void *arg),
+                    void *arg);
+
+/* Counters of a runtime, for tests and monitoring. */
+typedef struct wd_runtime_stats {
+  size_t tasks;          /* live tasks, including the root */
+  size_t groups;         /* open groups */
+  size_t blocking;       /* blocking calls in flight */
+  size_t abandoned;      /* of which abandoned by their caller */
+  size_t stacks_mapped;  /* stack slots carved so far */
+  size_t stacks_guarded; /* of which protected by a guard page */
+  size_t stacks_cached;  /* free stacks kept for reuse */
+  uint64_t switches;     /* context switches so far */
+} wd_runtime_stats;
+
+void wd_runtime_stats_get(const wd_runtime *rt, wd_runtime_stats *out);
+
+/* Print the task tree of the current runtime: every task and group with id,
+ * name, state, creation site and age, and what each blocked task waits on;
+ * then blocking calls in flight.  Call it from the runtime's thread.
+ * Checkpoint: no. */
+void wd_dump(FILE *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

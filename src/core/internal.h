@@ -1,0 +1,224 @@
+/* Internal declarations of the core: the task and runtime structures and the
+ * functions the core's files share.  Never installed; layers above the core
+ * use only the public headers. */
+#ifndef WD_CORE_INTERNAL_H
+#define WD_CORE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <uv.h>
+
+#include "../util/list.h"
+#include "../util/pheap.h"
+#include "warden.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define WD_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define WD_ASAN 1
+#endif
+#endif
+
+#ifndef WD_UNLIKELY
+#define WD_LIKELY(x) __builtin_expect(!!(x), 1)
+#define WD_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#endif
+
+/* ---- allocator ---------------------------------------------------------- */
+
+void *wd__malloc(size_t n);
+void *wd__calloc(size_t n, size_t size);
+void *wd__realloc(void *p, size_t n);
+void wd__free(void *p);
+char *wd__strdup(const char *s);
+/* Counts an allocation point that is not a heap block (a stack); returns 1
+ * when the fault injector says it must fail. */
+int wd__alloc_fail_point(void);
+
+/* ---- context switch ----------------------------------------------------- */
+
+#if defined(WD_USE_UCONTEXT)
+#include <ucontext.h>
+typedef struct wd__ctx {
+  ucontext_t uc;
+} wd__ctx;
+#else
+typedef struct wd__ctx {
+  void *sp;
+} wd__ctx;
+#endif
+
+/* Prepare ctx to run fn(arg) on [lo, hi) the first time it is switched to. */
+void wd__ctx_make(wd__ctx *ctx, void *lo, void *hi, void (*fn)(void *),
+                  void *arg);
+/* Save the running context in from and resume to. */
+void wd__ctx_switch(wd__ctx *from, wd__ctx *to);
+
+/* ---- stacks -------------------------------------------------------------- */
+
+#define WD__CANARY 0x57415244454e2121ull /* "WARDEN!!" */
+
+typedef struct wd__stack {
+  char *lo, *hi;           /* usable range; frames grow down from hi */
+  uint64_t *canary;        /* checked at every switch away */
+  struct wd__stack_pool *pool;
+  bool guarded;
+} wd__stack;
+
+typedef struct wd__stack_pool wd__stack_pool;
+
+int wd__stacks_init(wd_runtime *rt);
+void wd__stacks_deinit(wd_runtime *rt);
+/* A stack of at least size bytes (0 = default).  WD_ENOMEM on failure. */
+int wd__stack_get(wd_runtime *rt, size_t size, wd__stack *out);
+void wd__stack_put(wd_runtime *rt, const wd__stack *st);
+/* Install the SIGSEGV handler and this thread's alternate signal stack. */
+void wd__overflow_install(wd_runtime *rt);
+void wd__overflow_uninstall(wd_runtime *rt);
+_Noreturn void wd__overflow_die(wd_task *t, const char *how);
+
+/* ---- tasks --------------------------------------------------------------- */
+
+typedef enum wd__state {
+  WD__READY = 1,
+  WD__RUNNING,
+  WD__BLOCKED,
+  WD__DONE,
+} wd__state;
+
+typedef struct wd__local wd__local;
+
+#define WD__TASK_MAGIC 0x7461736bu
+
+struct wd_task {
+  wd__ctx ctx;
+  wd_runtime *rt;
+  wd_link runq;          /* run queue */
+  uint32_t magic;
+  uint8_t state;
+  bool is_root, is_sched;
+  int wake_rc;
+  uint64_t id;
+  wd_task_fn fn;
+  void *arg;
+  void *result;
+  wd_group *group;       /* NULL for the root */
+  wd_link group_link;    /* in group->tasks_ */
+  wd_link groups;        /* groups this task owns and has not exited */
+  wd_cancel_scope root_scope;
+  wd_cancel_scope *scope; /* innermost */
+  uint64_t cancel_epoch;  /* cancel_rc is valid while it equals rt's */
+  int cancel_rc;
+  wd_handle *handle;
+  wd_wait *wait;          /* while blocked */
+  wd_timer_node sleep;
+  uint64_t blocked_ms;    /* loop time when it blocked, for dumps */
+  wd_error *err;
+  wd__local *locals;
+  const char *file;
+  int line;
+  uint64_t created_ms;
+  wd__stack stack;
+#if WD_ASAN
+  void *asan_fake;
+  const void *asan_lo;
+  size_t asan_size;
+#endif
+  char name[WD_TASK_NAME_MAX];
+};
+
+/* A spawn waiting for a free slot of a bounded group. */
+typedef struct wd__pending {
+  wd_link link;
+  wd_task_fn fn;
+  void *arg;
+  wd_handle *handle;
+  size_t stack_size;
+  const char *file;
+  int line;
+  wd__local *locals;
+  uint64_t id; /* reserved at spawn */
+  char name[WD_TASK_NAME_MAX];
+} wd__pending;
+
+typedef struct wd__post {
+  struct wd__post *next;
+  void (*fn)(wd_runtime *, void *);
+  void *arg;
+} wd__post;
+
+struct wd_runtime {
+  uv_loop_t loop;
+  uv_timer_t timer;
+  uv_async_t async;
+  wd_link runq;
+  unsigned budget;
+  wd_task *current;
+  wd_task sched;          /* the thread's own stack, running the loop */
+  wd_task *zombie;        /* ended task whose stack awaits release */
+  wd_task *root;
+  int root_status;
+  wd__pheap timers;
+  uint64_t timer_seq;
+  wd_clock_mode clock;
+  wd_time vnow;
+  uint64_t cancel_epoch;
+  uint64_t next_id;
+  size_t ntasks, ngroups;
+  size_t nblocking, nabandoned;
+  wd_link blocking;       /* blocking calls in flight, for dumps */
+  uint64_t switches;
+  size_t default_stack;
+  wd_guard_mode guard;
+  wd__stack_pool *pools;  /* one per stack size class */
+  pthread_mutex_t post_mu;
+  wd__post *post_head, *post_tail;
+  bool post_closed;
+  atomic_int post_pending;
+  void *altstack;
+  size_t altstack_size;
+  bool altstack_ours;
+};
+
+extern _Thread_local wd_runtime *wd__rt;
+
+/* The root scope of a task starts here. */
+void wd__scope_init_root(wd_task *t, wd_cancel_scope *parent);
+void wd__scope_fini_root(wd_task *t);
+/* The cancellation code of t now (0 if none), cached per cancel epoch. */
+int wd__cancel_status(wd_task *t);
+/* Cancel s with a reason and a code. */
+void wd__cancel_with(wd_cancel_scope *s, int rc, const char *why);
+
+void wd__ready(wd_task *t);
+/* Give the CPU to the next ready task (or the scheduler); returns when self
+ * runs again. */
+void wd__switch_away(wd_task *self);
+_Noreturn void wd__task_exit(wd_task *self);
+
+wd_time wd__now(wd_runtime *rt);
+void wd__timer_arm(wd_runtime *rt, wd_timer_node *n, wd_time when,
+                   void (*fire)(wd_timer_node *));
+void wd__timer_disarm(wd_runtime *rt, wd_timer_node *n);
+
+int wd__task_spawn(wd_group *g, wd_task_fn fn, void *arg, wd_handle *h,
+                   size_t stack_size, const char *name, const char *file,
+                   int line, wd__local *locals, uint64_t id);
+void wd__group_task_done(wd_group *g, wd_task *t, int status);
+
+wd__local *wd__local_ref(wd__local *l);
+void wd__local_unref(wd__local *l);
+
+void wd__error_free(wd_error *e);
+wd_error *wd__error_take(wd_task *t);
+wd_error *wd__error_new(int code, const char *file, int line, const char *fmt,
+                        ...) __attribute__((format(printf, 4, 5)));
+void wd__error_replace(wd_task *t, wd_error *e);
+void wd__thread_error_free(void);
+
+uint64_t wd__loop_ms(wd_runtime *rt);
+const char *wd__state_name(int state);
+
+#endif

@@ -1,0 +1,247 @@
+/* The runtime: creation, the loop that drives tasks and libuv, posts from
+ * other threads, and the orderly end.
+ *
+ * The loop alternates two things.  While tasks are ready it runs batches of
+ * them (see sched.c) and between batches expires timers, runs posts and,
+ * only if libuv has something of the user's in flight, polls it without
+ * blocking.  When no task is ready it blocks in uv_run(UV_RUN_ONCE) with the
+ * single uv_timer_t armed for the earliest deadline - or, on the virtual
+ * clock, jumps time to that deadline when libuv has nothing in flight.  Our
+ * own timer and async handles are unreferenced so that uv_loop_alive() tells
+ * exactly whether user work (offloaded calls, I/O) is pending; the async
+ * handle is referenced only while the loop blocks, so that posts wake it.
+ */
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "stack.h"
+
+#define WD__BUDGET 1024
+
+void wd__sched_run_batch(wd_runtime *rt, unsigned budget);
+void wd__timers_expire(wd_runtime *rt, wd_time now);
+int wd__task_spawn(wd_group *g, wd_task_fn fn, void *arg, wd_handle *h,
+                   size_t stack_size, const char *name, const char *file,
+                   int line, wd__local *locals, uint64_t id);
+
+wd_runtime *wd_runtime_current(void) { return wd__rt; }
+
+static void run_posts(wd_runtime *rt) {
+  pthread_mutex_lock(&rt->post_mu);
+  wd__post *p = rt->post_head;
+  rt->post_head = rt->post_tail = NULL;
+  atomic_store(&rt->post_pending, 0);
+  pthread_mutex_unlock(&rt->post_mu);
+  while (p) {
+    wd__post *next = p->next;
+    p->fn(rt, p->arg);
+    wd__free(p);
+    p = next;
+  }
+}
+
+static void on_async(uv_async_t *a) { run_posts(a->loop->data); }
+
+static void on_timer(uv_timer_t *t) {
+  wd_runtime *rt = t->loop->data;
+  wd__timers_expire(rt, wd__now(rt));
+}
+
+int wd_runtime_post(wd_runtime *rt, void (*fn)(wd_runtime *, void *),
+                    void *arg) {
+  if (!rt || !fn) return WD_EINVAL;
+  wd__post *p = wd__malloc(sizeof *p);
+  if (!p) return WD_ENOMEM;
+  p->fn = fn;
+  p->arg = arg;
+  p->next = NULL;
+  pthread_mutex_lock(&rt->post_mu);
+  if (rt->post_closed) {
+    pthread_mutex_unlock(&rt->post_mu);
+    wd__free(p);
+    return WD_ECLOSED;
+  }
+  if (rt->post_tail)
+    rt->post_tail->next = p;
+  else
+    rt->post_head = p;
+  rt->post_tail = p;
+  atomic_store(&rt->post_pending, 1);
+  /* Sent under the lock: the runtime cannot close the handle meanwhile. */
+  uv_async_send(&rt->async);
+  pthread_mutex_unlock(&rt->post_mu);
+  return 0;
+}
+
+/* Between batches: timers, posts, and user I/O if there is any. */
+static void poll_busy(wd_runtime *rt) {
+  wd__timers_expire(rt, wd__now(rt));
+  if (atomic_load_explicit(&rt->post_pending, memory_order_relaxed))
+    run_posts(rt);
+  if (uv_loop_alive(&rt->loop)) uv_run(&rt->loop, UV_RUN_NOWAIT);
+}
+
+static void block_in_loop(wd_runtime *rt) {
+  uv_ref((uv_handle_t *)&rt->async);
+  uv_run(&rt->loop, UV_RUN_ONCE);
+  uv_unref((uv_handle_t *)&rt->async);
+}
+
+static void idle_real(wd_runtime *rt) {
+  wd_timer_node *n = wd__pheap_min(&rt->timers);
+  if (n) {
+    wd_time delta = n->when_ - wd__now(rt);
+    if (delta <= 0) return; /* expired meanwhile: the caller loops */
+    uint64_t ms = (uint64_t)((delta + WD_MSEC - 1) / WD_MSEC);
+    uv_timer_start(&rt->timer, on_timer, ms, 0);
+  }
+  block_in_loop(rt);
+}
+
+static void idle_virtual(wd_runtime *rt) {
+  if (uv_loop_alive(&rt->loop)) {
+    /* Real work is in flight: virtual time waits for it. */
+    block_in_loop(rt);
+    return;
+  }
+  wd_timer_node *n = wd__pheap_min(&rt->timers);
+  if (n) {
+    if (n->when_ > rt->vnow) rt->vnow = n->when_;
+    wd__timers_expire(rt, rt->vnow);
+    return;
+  }
+  block_in_loop(rt); /* only a post can help now */
+}
+
+static void idle(wd_runtime *rt) {
+  wd__timers_expire(rt, wd__now(rt));
+  if (atomic_load_explicit(&rt->post_pending, memory_order_relaxed))
+    run_posts(rt);
+  if (!wd__list_empty(&rt->runq)) return;
+  if (rt->clock == WD_CLOCK_VIRTUAL)
+    idle_virtual(rt);
+  else
+    idle_real(rt);
+}
+
+static void run_loop(wd_runtime *rt) {
+  while (rt->ntasks > 0) {
+    if (!wd__list_empty(&rt->runq)) {
+      wd__sched_run_batch(rt, WD__BUDGET);
+      if (!wd__list_empty(&rt->runq)) poll_busy(rt);
+    } else {
+      idle(rt);
+    }
+  }
+}
+
+static int runtime_init(wd_runtime *rt, const wd_runtime_opts *o) {
+  int rc = uv_loop_init(&rt->loop);
+  if (rc) return rc;
+  rt->loop.data = rt;
+  uv_timer_init(&rt->loop, &rt->timer);
+  uv_unref((uv_handle_t *)&rt->timer);
+  rc = uv_async_init(&rt->loop, &rt->async, on_async);
+  if (rc) {
+    uv_close((uv_handle_t *)&rt->timer, NULL);
+    uv_run(&rt->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&rt->loop);
+    return rc;
+  }
+  uv_unref((uv_handle_t *)&rt->async);
+  pthread_mutex_init(&rt->post_mu, NULL);
+  wd__list_init(&rt->runq);
+  wd__list_init(&rt->blocking);
+  rt->clock = o->clock;
+  rt->guard = o->guard;
+  rt->default_stack = o->stack_size ? o->stack_size : WD_STACK_DEFAULT;
+  rt->cancel_epoch = 1;
+  rt->sched.is_sched = true;
+  rt->sched.rt = rt;
+  rt->sched.state = WD__RUNNING;
+  rt->sched.id = 0;
+  wd__list_init(&rt->sched.groups);
+  snprintf(rt->sched.name, sizeof rt->sched.name, "(scheduler)");
+  rt->current = &rt->sched;
+  return 0;
+}
+
+/* Close the loop after the last task: drain posts, wait for orphaned
+ * blocking calls, close our handles. */
+static void runtime_fini(wd_runtime *rt) {
+  pthread_mutex_lock(&rt->post_mu);
+  rt->post_closed = true;
+  pthread_mutex_unlock(&rt->post_mu);
+  run_posts(rt);
+  while (rt->nblocking > 0) uv_run(&rt->loop, UV_RUN_ONCE);
+  uv_close((uv_handle_t *)&rt->timer, NULL);
+  uv_close((uv_handle_t *)&rt->async, NULL);
+  uv_run(&rt->loop, UV_RUN_DEFAULT);
+  uv_loop_close(&rt->loop);
+  pthread_mutex_destroy(&rt->post_mu);
+}
+
+int wd_run_with(const wd_runtime_opts *opts, wd_task_fn main, void *arg) {
+  wd_runtime_opts o = opts ? *opts : (wd_runtime_opts){0};
+  if (!main) return wd_fail(NULL, WD_EINVAL, "wd_run: main is NULL");
+  if ((o.clock != WD_CLOCK_REAL && o.clock != WD_CLOCK_VIRTUAL) ||
+      (o.guard != WD_GUARD_AUTO && o.guard != WD_GUARD_NEVER) ||
+      (o.stack_size &&
+       (o.stack_size < WD_STACK_MIN || o.stack_size > WD_STACK_MAX)))
+    return wd_fail(NULL, WD_EINVAL, "wd_run: option out of range");
+  if (wd__rt)
+    return wd_fail(NULL, WD_EBUSY, "wd_run: this thread already runs a "
+                                   "runtime");
+  wd_runtime *rt = wd__calloc(1, sizeof *rt);
+  if (!rt) return wd_fail(NULL, WD_ENOMEM, "wd_run: no memory");
+  int rc = runtime_init(rt, &o);
+  if (rc) {
+    wd__free(rt);
+    return wd_fail(NULL, rc, "wd_run: cannot start the loop: %s",
+                   wd_strerror(rc));
+  }
+  wd__rt = rt;
+  rc = wd__stacks_init(rt);
+  if (!rc) {
+    wd__overflow_install(rt);
+    rc = wd__task_spawn(NULL, main, arg, NULL, 0,
+                        o.root_name ? o.root_name : "main", __FILE__,
+                        __LINE__, NULL, 0);
+  }
+  if (rc) {
+    runtime_fini(rt);
+    wd__overflow_uninstall(rt);
+    wd__stacks_deinit(rt);
+    wd__rt = NULL;
+    wd__free(rt);
+    return wd_fail(NULL, WD_ENOMEM, "wd_run: no memory for the root task");
+  }
+  rt->root = wd__container_of(rt->runq.next_, wd_task, runq);
+  rt->root->is_root = true;
+  wd_error_clear(NULL);
+  run_loop(rt);
+  runtime_fini(rt);
+  int status = rt->root_status;
+  wd__overflow_uninstall(rt);
+  wd__stacks_deinit(rt);
+  wd__rt = NULL;
+  wd__free(rt);
+  return status;
+}
+
+int wd_run(wd_task_fn main, void *arg) { return wd_run_with(NULL, main, arg); }
+
+void wd_runtime_stats_get(const wd_runtime *rt, wd_runtime_stats *out) {
+  if (!out) return;
+  memset(out, 0, sizeof *out);
+  if (!rt) return;
+  out->tasks = rt->ntasks;
+  out->groups = rt->ngroups;
+  out->blocking = rt->nblocking;
+  out->abandoned = rt->nabandoned;
+  out->switches = rt->switches;
+  wd__stacks_stats(rt, &out->stacks_mapped, &out->stacks_guarded,
+                   &out->stacks_cached);
+}

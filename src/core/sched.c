@@ -1,0 +1,217 @@
+/* The scheduler: switching between tasks, the run queue, parking, timers.
+ *
+ * A task that blocks or yields switches directly to the next ready task;
+ * the scheduler context (the thread's own stack, running the libuv loop) is
+ * entered only when the run queue is empty or after WD__BUDGET switches, so
+ * that a yield between ready tasks never reads the clock nor visits libuv.
+ * A task that ends cannot release its own stack while running on it: it
+ * leaves itself in rt->zombie, and whoever runs next releases it.
+ *
+ * Timers are an intrusive pairing heap of deadlines; the scheduler expires
+ * them between batches and arms a single uv_timer_t for the earliest one.
+ */
+#include <time.h>
+
+#include "internal.h"
+#include "stack.h"
+
+#if WD_ASAN
+#include <sanitizer/common_interface_defs.h>
+#endif
+
+_Thread_local wd_runtime *wd__rt;
+
+wd_time wd__now(wd_runtime *rt) {
+  if (rt->clock == WD_CLOCK_VIRTUAL) return rt->vnow;
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (wd_time)ts.tv_sec * WD_SEC + ts.tv_nsec;
+}
+
+wd_time wd_now(const wd_task *self) {
+  wd_runtime *rt = self ? self->rt : wd__rt;
+  return rt ? wd__now(rt) : 0;
+}
+
+uint64_t wd__loop_ms(wd_runtime *rt) { return uv_now(&rt->loop); }
+
+static void reap(wd_runtime *rt) {
+  wd_task *z = rt->zombie;
+  rt->zombie = NULL;
+  wd__stack st = z->stack; /* the free-list node overwrites the record */
+  wd__stack_put(rt, &st);
+}
+
+/* The task entry (on its own stack); see wd__ctx_make. */
+void wd__task_main(void *arg);
+
+static inline void switch_to(wd_runtime *rt, wd_task *from, wd_task *to) {
+  if (from->stack.canary && WD_UNLIKELY(*from->stack.canary != WD__CANARY))
+    wd__overflow_die(from, "stack canary overwritten");
+  rt->current = to;
+  to->state = WD__RUNNING;
+  rt->switches++;
+#if WD_ASAN
+  __sanitizer_start_switch_fiber(
+      from->state == WD__DONE ? NULL : &from->asan_fake, to->asan_lo,
+      to->asan_size);
+#endif
+  wd__ctx_switch(&from->ctx, &to->ctx);
+#if WD_ASAN
+  __sanitizer_finish_switch_fiber(from->asan_fake, NULL, NULL);
+#endif
+  if (rt->zombie) reap(rt);
+}
+
+/* First code of every task, on its own stack. */
+void wd__task_started(wd_task *t) {
+  wd_runtime *rt = t->rt;
+#if WD_ASAN
+  const void *lo;
+  size_t size;
+  __sanitizer_finish_switch_fiber(NULL, &lo, &size);
+  if (!rt->sched.asan_lo) {
+    rt->sched.asan_lo = lo;
+    rt->sched.asan_size = size;
+  }
+#endif
+  if (rt->zombie) reap(rt);
+}
+
+void wd__ready(wd_task *t) {
+  t->state = WD__READY;
+  wd__list_push_back(&t->rt->runq, &t->runq);
+}
+
+void wd__switch_away(wd_task *self) {
+  wd_runtime *rt = self->rt;
+  wd_task *next = &rt->sched;
+  if (WD_LIKELY(rt->budget)) {
+    wd_link *l = wd__list_pop_front(&rt->runq);
+    if (l) {
+      rt->budget--;
+      next = wd__container_of(l, wd_task, runq);
+    }
+  }
+  if (next == self) {
+    self->state = WD__RUNNING;
+    return;
+  }
+  switch_to(rt, self, next);
+}
+
+/* Run ready tasks from the scheduler context until the queue is empty or
+ * the budget is spent. */
+void wd__sched_run_batch(wd_runtime *rt, unsigned budget) {
+  wd_link *l = wd__list_pop_front(&rt->runq);
+  if (!l) return;
+  rt->budget = budget;
+  switch_to(rt, &rt->sched, wd__container_of(l, wd_task, runq));
+}
+
+int wd_yield(wd_task *self) {
+  int rc = wd__cancel_status(self);
+  if (WD_UNLIKELY(rc)) return rc;
+  wd__ready(self);
+  wd__switch_away(self);
+  return 0;
+}
+
+static int park_now(wd_task *self, wd_wait *w) {
+  w->task = self;
+  self->wait = w;
+  self->state = WD__BLOCKED;
+  self->blocked_ms = wd__loop_ms(self->rt);
+  wd__switch_away(self);
+  self->wait = NULL;
+  return w->result_;
+}
+
+int wd__park_uncancellable(wd_task *self, wd_wait *w) {
+  w->on_cancel = NULL;
+  return park_now(self, w);
+}
+
+int wd_park(wd_task *self, wd_wait *w) {
+  if (!self || !w) return WD_EINVAL;
+  int rc = wd__cancel_status(self);
+  if (rc) return rc;
+  return park_now(self, w);
+}
+
+void wd_wake(wd_wait *w, int result) {
+  wd_task *t = w ? w->task : NULL;
+  if (!t || t->wait != w || t->state != WD__BLOCKED) return;
+  w->result_ = result;
+  w->task = NULL;
+  t->wait = NULL;
+  wd__ready(t);
+}
+
+/* Deliver a cancellation to t if it is blocked in a cancellable wait. */
+void wd__cancel_blocked(wd_task *t) {
+  wd_wait *w = t->wait;
+  if (t->state != WD__BLOCKED || !w || !w->on_cancel) return;
+  int rc = wd__cancel_status(t);
+  if (!rc || !w->on_cancel(w)) return;
+  wd_wake(w, rc);
+}
+
+/* ---- timers ------------------------------------------------------------- */
+
+void wd__timer_arm(wd_runtime *rt, wd_timer_node *n, wd_time when,
+                   void (*fire)(wd_timer_node *)) {
+  if (n->armed_) wd__pheap_remove(&rt->timers, n);
+  n->when_ = when;
+  n->seq_ = rt->timer_seq++;
+  n->fire_ = fire;
+  n->armed_ = true;
+  wd__pheap_insert(&rt->timers, n);
+}
+
+void wd__timer_disarm(wd_runtime *rt, wd_timer_node *n) {
+  if (!n->armed_) return;
+  wd__pheap_remove(&rt->timers, n);
+  n->armed_ = false;
+}
+
+void wd__timers_expire(wd_runtime *rt, wd_time now) {
+  wd_timer_node *n;
+  while ((n = wd__pheap_min(&rt->timers)) && n->when_ <= now) {
+    wd__pheap_remove(&rt->timers, n);
+    n->armed_ = false;
+    n->fire_(n);
+  }
+}
+
+static void sleep_fire(wd_timer_node *n) {
+  wd_task *t = wd__container_of(n, wd_task, sleep);
+  wd_wake(t->wait, 0);
+}
+
+static bool sleep_cancel(wd_wait *w) {
+  wd__timer_disarm(w->task->rt, &w->task->sleep);
+  return true;
+}
+
+int wd_sleep_until(wd_task *self, wd_time deadline) {
+  if (!self) return WD_EINVAL;
+  int rc = wd__cancel_status(self);
+  if (rc) return rc;
+  wd_runtime *rt = self->rt;
+  if (deadline <= wd__now(rt)) return wd_yield(self);
+  wd__timer_arm(rt, &self->sleep, deadline, sleep_fire);
+  wd_wait w = {.what = "sleep", .on_cancel = sleep_cancel};
+  return park_now(self, &w);
+}
+
+int wd_sleep(wd_task *self, wd_time duration) {
+  if (!self) return WD_EINVAL;
+  if (duration < 0)
+    return wd_fail(self, WD_EINVAL, "wd_sleep: negative duration %lld ns",
+                   (long long)duration);
+  wd_time now = wd__now(self->rt);
+  wd_time deadline =
+      duration > WD_TIME_NEVER - now ? WD_TIME_NEVER : now + duration;
+  return wd_sleep_until(self, deadline);
+}

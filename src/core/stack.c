@@ -1,0 +1,284 @@
+/* Task stacks: arenas, size classes, the stack cache, guard pages, canaries.
+ *
+ * Stacks are carved from large MAP_NORESERVE arenas rather than mapped one
+ * by one, so a million stacks cost a few hundred mappings and no commit
+ * charge; a page is committed only when a task touches it.  Free stacks go
+ * on a LIFO list per size class (the node lives in the stack's own top page,
+ * already committed), so a spawn normally makes no system call.  Past
+ * WD__HOT_STACKS free stacks of a class, the pages a freed stack touched
+ * below its top page are returned to the kernel.
+ *
+ * Overflow protection is a budget.  A guard page costs two of the
+ * process's vm.max_map_count mappings (it splits the arena), so arenas are
+ * guarded while a quarter of the headroom measured at first use lasts
+ * (half of it for us, two mappings per guard).  Past it, arenas use
+ * canaries: slot i's stack spans [lo_i, lo_{i+1} - 64) and its canary sits in
+ * the 64 bytes just below lo_i, which are in the top page of stack i-1.  That
+ * page is committed anyway when slot i-1 is in use, so a canary costs no
+ * memory, and the scheduler checks it at every switch away from a task.
+ */
+#include <limits.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "stack.h"
+
+#if defined(__has_include)
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#define WD_VALGRIND 1
+#endif
+#endif
+#if WD_ASAN
+#include <sanitizer/asan_interface.h>
+#endif
+
+#define WD__HOT_STACKS 1024
+#define WD__ARENA_MAX_BYTES ((size_t)1 << 30)
+#define WD__ARENA_MAX_SLOTS 4096
+#define WD__CLASS_MIN 15 /* 32 KiB */
+#define WD__CLASS_MAX 26 /* 64 MiB */
+#define WD__NCLASSES (WD__CLASS_MAX - WD__CLASS_MIN + 1)
+
+typedef struct free_node {
+  struct free_node *next;
+  wd__stack st;
+} free_node;
+
+struct wd__stack_pool {
+  size_t slot;
+  wd__arena *arenas; /* newest first */
+  free_node *free;
+  size_t nfree;
+  size_t next_nslots;
+};
+
+size_t wd__page;
+wd__arena_ref wd__arena_tab[WD__ARENA_TAB];
+static atomic_long guard_budget = LONG_MIN;
+static atomic_int said_budget;
+
+static long count_maps(void) {
+  FILE *f = fopen("/proc/self/maps", "r");
+  if (!f) return 0;
+  long n = 0;
+  int c;
+  while ((c = getc(f)) != EOF)
+    if (c == '\n') n++;
+  fclose(f);
+  return n;
+}
+
+static long read_max_maps(void) {
+  long v = 65530;
+  FILE *f = fopen("/proc/sys/vm/max_map_count", "r");
+  if (f) {
+    if (fscanf(f, "%ld", &v) != 1) v = 65530;
+    fclose(f);
+  }
+  return v;
+}
+
+/* Reserve n guard pages from the process-wide budget. */
+static int take_guards(long n) {
+  long b = atomic_load(&guard_budget);
+  if (b == LONG_MIN) {
+    long head = read_max_maps() - count_maps();
+    long init = head > 0 ? head / 4 : 0;
+    atomic_compare_exchange_strong(&guard_budget, &b, init);
+    b = atomic_load(&guard_budget);
+  }
+  while (b >= n)
+    if (atomic_compare_exchange_weak(&guard_budget, &b, b - n)) return 1;
+  return 0;
+}
+
+static void give_guards(long n) { atomic_fetch_add(&guard_budget, n); }
+
+static int class_of(size_t size, size_t *slot) {
+  for (int c = WD__CLASS_MIN; c <= WD__CLASS_MAX; c++) {
+    size_t s = (size_t)1 << c;
+    /* The slot also holds a guard page (or the canary page) and the task
+     * record at its top. */
+    if (s >= size + wd__page + sizeof(wd_task) + 64) {
+      *slot = s;
+      return c - WD__CLASS_MIN;
+    }
+  }
+  return -1;
+}
+
+int wd__stacks_init(wd_runtime *rt) {
+  if (!wd__page) wd__page = (size_t)sysconf(_SC_PAGESIZE);
+  rt->pools = wd__calloc(WD__NCLASSES, sizeof(wd__stack_pool));
+  if (!rt->pools) return WD_ENOMEM;
+  for (int c = 0; c < WD__NCLASSES; c++) {
+    rt->pools[c].slot = (size_t)1 << (c + WD__CLASS_MIN);
+    rt->pools[c].next_nslots = 16;
+  }
+  return 0;
+}
+
+static void tab_add(wd__arena *a) {
+  for (int i = 0; i < WD__ARENA_TAB; i++) {
+    char *expect = NULL;
+    if (atomic_compare_exchange_strong(&wd__arena_tab[i].base, &expect,
+                                       (char *)1)) {
+      wd__arena_tab[i].len = a->len;
+      wd__arena_tab[i].slot = a->slot;
+      atomic_store(&wd__arena_tab[i].base, a->base);
+      a->tab_index = i;
+      return;
+    }
+  }
+  a->tab_index = -1; /* the handler will not name this arena's tasks */
+}
+
+static void arena_free(wd__arena *a) {
+#if WD_VALGRIND
+  if (a->vg_ids)
+    for (size_t i = 0; i < a->carved; i++)
+      VALGRIND_STACK_DEREGISTER(a->vg_ids[i]);
+  wd__free(a->vg_ids);
+#endif
+  if (a->tab_index >= 0) atomic_store(&wd__arena_tab[a->tab_index].base, NULL);
+  if (a->guarded) give_guards((long)a->nslots);
+  munmap(a->base, a->len);
+  wd__free(a);
+}
+
+void wd__stacks_deinit(wd_runtime *rt) {
+  if (!rt->pools) return;
+  for (int c = 0; c < WD__NCLASSES; c++) {
+    wd__arena *a = rt->pools[c].arenas;
+    while (a) {
+      wd__arena *next = a->next;
+      arena_free(a);
+      a = next;
+    }
+  }
+  wd__free(rt->pools);
+  rt->pools = NULL;
+}
+
+static wd__arena *arena_new(wd_runtime *rt, wd__stack_pool *p) {
+  size_t n = p->next_nslots;
+  while (n > 1 && n * p->slot > WD__ARENA_MAX_BYTES) n /= 2;
+  wd__arena *a = wd__calloc(1, sizeof *a);
+  if (!a) return NULL;
+  a->slot = p->slot;
+  a->nslots = n;
+  a->guarded = rt->guard == WD_GUARD_AUTO && take_guards((long)n);
+  if (!a->guarded && rt->guard == WD_GUARD_AUTO &&
+      !atomic_exchange(&said_budget, 1))
+    fprintf(stderr,
+            "warden: guard-page budget used up (vm.max_map_count %ld); "
+            "further task stacks are checked by canaries\n",
+            read_max_maps());
+  /* A canary arena needs one more page: slot 0's canary page. */
+  a->len = n * p->slot + (a->guarded ? 0 : wd__page);
+  a->base = mmap(NULL, a->len, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (a->base == MAP_FAILED) {
+    if (a->guarded) give_guards((long)n);
+    wd__free(a);
+    return NULL;
+  }
+#if WD_VALGRIND
+  if (RUNNING_ON_VALGRIND) {
+    a->vg_ids = wd__calloc(n, sizeof *a->vg_ids);
+    if (!a->vg_ids) {
+      munmap(a->base, a->len);
+      if (a->guarded) give_guards((long)n);
+      wd__free(a);
+      return NULL;
+    }
+  }
+#endif
+  a->tab_index = -1;
+  if (a->guarded) tab_add(a);
+  a->next = p->arenas;
+  p->arenas = a;
+  if (p->next_nslots < WD__ARENA_MAX_SLOTS) p->next_nslots *= 2;
+  return a;
+}
+
+/* Carve the next never-used slot of the newest arena. */
+static int carve(wd_runtime *rt, wd__stack_pool *p, wd__stack *st) {
+  wd__arena *a = p->arenas;
+  if (!a || a->carved == a->nslots) {
+    a = arena_new(rt, p);
+    if (!a) return WD_ENOMEM;
+  }
+  size_t i = a->carved;
+  char *slot = a->base + i * a->slot;
+  if (a->guarded) {
+    if (mprotect(slot, wd__page, PROT_NONE) != 0) return WD_ENOMEM;
+    st->lo = slot + wd__page;
+    st->hi = slot + a->slot;
+    st->canary = NULL;
+  } else {
+    st->lo = slot + wd__page;
+    st->hi = slot + a->slot + wd__page - 64;
+    st->canary = (uint64_t *)(st->lo - 64);
+    *st->canary = WD__CANARY;
+  }
+  st->guarded = a->guarded;
+  st->pool = p;
+  a->carved++;
+#if WD_VALGRIND
+  if (a->vg_ids) a->vg_ids[i] = VALGRIND_STACK_REGISTER(st->lo, st->hi);
+#endif
+  return 0;
+}
+
+int wd__stack_get(wd_runtime *rt, size_t size, wd__stack *out) {
+  size_t slot;
+  int c = class_of(size ? size : rt->default_stack, &slot);
+  if (c < 0) return WD_EINVAL;
+  if (wd__alloc_fail_point()) return WD_ENOMEM;
+  wd__stack_pool *p = &rt->pools[c];
+  free_node *f = p->free;
+  if (WD_LIKELY(f != NULL)) {
+    p->free = f->next;
+    p->nfree--;
+    *out = f->st;
+    return 0;
+  }
+  return carve(rt, p, out);
+}
+
+void wd__stack_put(wd_runtime *rt, const wd__stack *st) {
+  (void)rt;
+  wd__stack_pool *p = st->pool;
+  char *top_page =
+      (char *)((uintptr_t)(st->hi - 1) & ~(uintptr_t)(wd__page - 1));
+#if WD_ASAN
+  /* Frames that never returned (the task's last ones) left their redzones
+   * poisoned; the next task on this stack must start clean. */
+  ASAN_UNPOISON_MEMORY_REGION(st->lo, (size_t)(st->hi - st->lo));
+#endif
+  if (p->nfree >= WD__HOT_STACKS && top_page > st->lo)
+    madvise(st->lo, (size_t)(top_page - st->lo), MADV_DONTNEED);
+  free_node *f = (free_node *)(st->hi - sizeof(free_node));
+  f->st = *st;
+  f->next = p->free;
+  p->free = f;
+  p->nfree++;
+}
+
+void wd__stacks_stats(const wd_runtime *rt, size_t *mapped, size_t *guarded,
+                      size_t *cached) {
+  *mapped = *guarded = *cached = 0;
+  if (!rt->pools) return;
+  for (int c = 0; c < WD__NCLASSES; c++) {
+    *cached += rt->pools[c].nfree;
+    for (wd__arena *a = rt->pools[c].arenas; a; a = a->next) {
+      *mapped += a->carved;
+      if (a->guarded) *guarded += a->carved;
+    }
+  }
+}

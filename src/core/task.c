@@ -1,0 +1,195 @@
+/* Tasks: creation, the entry trampoline, the end of a task, handles.
+ *
+ * A task's record lives at the top of its own stack, so a spawn is a stack
+ * taken from the cache plus a few stores, and a parked task costs the one
+ * page that holds both its record and its first frames.  The record dies
+ * with the stack; what outlives the task is written to the spawner's handle
+ * (in the spawner's memory) before the task's last switch.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "stack.h"
+
+void wd__task_started(wd_task *t);
+
+static _Noreturn void misuse_die(wd_task *t) {
+  const char *what = !wd__list_empty(&t->groups) ? "a task group" : NULL;
+  const char *file = t->file;
+  int line = t->line;
+  if (what) {
+    wd_group *g = wd__container_of(t->groups.prev_, wd_group, link_);
+    file = g->file_;
+    line = g->line_;
+  } else {
+    what = "a cancel scope";
+  }
+  fprintf(stderr,
+          "warden: task %llu '%s' returned with %s still open (%s:%d); "
+          "its frame is gone, so the process cannot continue safely\n",
+          (unsigned long long)t->id, wd_task_name(t), what, file, line);
+  abort();
+}
+
+static _Noreturn void task_finish(wd_task *t, int rc) {
+  wd_runtime *rt = t->rt;
+  if (WD_UNLIKELY(t->scope != &t->root_scope || !wd__list_empty(&t->groups)))
+    misuse_die(t);
+  wd_handle *h = t->handle;
+  if (t->group) wd__group_task_done(t->group, t, rc);
+  if (h) {
+    h->status = rc;
+    h->result = t->result;
+    h->done = true;
+    h->task = NULL;
+    if (h->joiner_) wd_wake(h->joiner_, 0);
+    h->joiner_ = NULL;
+  }
+  if (t->is_root) {
+    rt->root_status = rc;
+    rt->root = NULL;
+    wd__error_replace(&rt->sched, wd__error_take(t));
+  }
+  wd__scope_fini_root(t);
+  wd__timer_disarm(rt, &t->sleep);
+  wd__local_unref(t->locals);
+  wd__error_free(t->err);
+  rt->ntasks--;
+  t->state = WD__DONE;
+  t->magic = 0;
+  rt->zombie = t;
+  wd__switch_away(t);
+  __builtin_unreachable();
+}
+
+void wd__task_main(void *arg) {
+  wd_task *t = arg;
+  wd__task_started(t);
+  int rc = t->fn(t, t->arg);
+  task_finish(t, rc);
+}
+
+int wd__task_spawn(wd_group *g, wd_task_fn fn, void *arg, wd_handle *h,
+                   size_t stack_size, const char *name, const char *file,
+                   int line, wd__local *locals, uint64_t id) {
+  wd_runtime *rt = wd__rt;
+  wd__stack st;
+  int rc = wd__stack_get(rt, stack_size, &st);
+  if (rc) return rc;
+  wd_task *t = wd__task_at(st.hi);
+  memset(t, 0, offsetof(wd_task, name));
+  t->name[0] = '\0';
+  if (name) {
+    strncpy(t->name, name, sizeof t->name - 1);
+    t->name[sizeof t->name - 1] = '\0';
+  }
+  t->magic = WD__TASK_MAGIC;
+  t->rt = rt;
+  t->stack = st;
+  t->id = id ? id : ++rt->next_id;
+  t->fn = fn;
+  t->arg = arg;
+  t->group = g;
+  t->handle = h;
+  t->file = file;
+  t->line = line;
+  t->created_ms = wd__loop_ms(rt);
+  t->locals = locals;
+  wd__list_init(&t->groups);
+  wd__scope_init_root(t, g ? &g->scope : NULL);
+  wd__ctx_make(&t->ctx, st.lo, (char *)t, wd__task_main, t);
+#if WD_ASAN
+  t->asan_lo = st.lo;
+  t->asan_size = (size_t)((char *)t - st.lo);
+#endif
+  if (h) {
+    h->task = t;
+    h->id = t->id;
+  }
+  if (g) {
+    wd__list_push_back(&g->tasks_, &t->group_link);
+    g->nrunning_++;
+  }
+  rt->ntasks++;
+  wd__ready(t);
+  return 0;
+}
+
+wd_task *wd_self(void) {
+  wd_runtime *rt = wd__rt;
+  return rt && !rt->current->is_sched ? rt->current : NULL;
+}
+
+uint64_t wd_task_id(const wd_task *task) { return task ? task->id : 0; }
+
+const char *wd_task_name(const wd_task *task) {
+  if (!task) return "(none)";
+  if (!task->name[0]) {
+    wd_task *t = (wd_task *)task; /* the default name is made lazily */
+    snprintf(t->name, sizeof t->name, "task-%llu", (unsigned long long)t->id);
+  }
+  return task->name;
+}
+
+void wd_task_set_name(wd_task *self, const char *name) {
+  if (!self) return;
+  if (!name) name = "";
+  strncpy(self->name, name, sizeof self->name - 1);
+  self->name[sizeof self->name - 1] = '\0';
+}
+
+void wd_task_set_result(wd_task *self, void *result) {
+  if (self) self->result = result;
+}
+
+wd_runtime *wd_task_runtime(const wd_task *self) {
+  return self ? self->rt : NULL;
+}
+
+typedef struct join_wait {
+  wd_wait w;
+  wd_handle *h;
+} join_wait;
+
+static bool join_cancel(wd_wait *w) {
+  join_wait *jw = wd__container_of(w, join_wait, w);
+  jw->h->joiner_ = NULL;
+  return true;
+}
+
+int wd_join(wd_task *self, wd_handle *h) {
+  if (!self || !h) return WD_EINVAL;
+  if (!h->id)
+    return wd_fail(self, WD_EINVAL, "wd_join: handle was never spawned");
+  int rc = wd__cancel_status(self);
+  if (rc) return rc;
+  if (h->done) return 0;
+  if (h->joiner_)
+    return wd_fail(self, WD_EBUSY, "wd_join: task %llu already has a joiner",
+                   (unsigned long long)h->id);
+  join_wait jw = {.w = {.what = "join", .on_cancel = join_cancel}, .h = h};
+  jw.w.name = h->task ? wd_task_name(h->task) : NULL;
+  h->joiner_ = &jw.w;
+  return wd_park(self, &jw.w);
+}
+
+void wd_handle_cancel(wd_handle *h) {
+  if (h && h->task)
+    wd__cancel_with(&h->task->root_scope, WD_ECANCELED, "task cancelled");
+}
+
+const char *wd__state_name(int state) {
+  switch (state) {
+  case WD__READY:
+    return "ready";
+  case WD__RUNNING:
+    return "running";
+  case WD__BLOCKED:
+    return "blocked";
+  case WD__DONE:
+    return "done";
+  }
+  return "?";
+}

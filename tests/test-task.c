@@ -1,0 +1,209 @@
+/* Tasks and the scheduler: ordering, yields, sleeps, results, names. */
+#include <string.h>
+
+#include "helpers.h"
+
+typedef struct trace {
+  char log[256];
+  int n;
+} trace;
+
+static void put(trace *t, char c) { t->log[t->n++] = c; }
+
+static int pinger(wd_task *self, void *arg) {
+  trace *t = arg;
+  for (int i = 0; i < 3; i++) {
+    put(t, wd_task_name(self)[0]);
+    cr_assert_eq(wd_yield(self), 0);
+  }
+  return 0;
+}
+
+static int pingpong_main(wd_task *self, void *arg) {
+  wd_group g;
+  cr_assert_eq(wd_group_enter(self, &g, NULL), 0);
+  cr_assert_eq(wd_spawn(&g, pinger, arg, &(wd_spawn_opts){.name = "a"}), 0);
+  cr_assert_eq(wd_spawn(&g, pinger, arg, &(wd_spawn_opts){.name = "b"}), 0);
+  return wd_group_exit(self, &g, 0);
+}
+
+Test(task, ping_pong_alternates_in_fifo_order) {
+  trace t = {0};
+  cr_assert_eq(wd_run(pingpong_main, &t), 0);
+  t.log[t.n] = '\0';
+  cr_assert_str_eq(t.log, "ababab");
+  assert_no_leaks();
+}
+
+static int count_task(wd_task *self, void *arg) {
+  int *n = arg;
+  wd_yield(self);
+  (*n)++;
+  return 0;
+}
+
+static int many_main(wd_task *self, void *arg) {
+  wd_group g;
+  wd_group_enter(self, &g, NULL);
+  for (int i = 0; i < 10000; i++)
+    cr_assert_eq(wd_spawn(&g, count_task, arg, NULL), 0);
+  cr_assert_eq(wd_group_size(&g), 10000);
+  return wd_group_exit(self, &g, 0);
+}
+
+Test(task, ten_thousand_tasks_all_run) {
+  int n = 0;
+  cr_assert_eq(wd_run(many_main, &n), 0);
+  cr_assert_eq(n, 10000);
+  assert_no_leaks();
+}
+
+typedef struct sleeper {
+  wd_time dur;
+  wd_time woke;
+  int order;
+  int *counter;
+} sleeper;
+
+static int sleep_task(wd_task *self, void *arg) {
+  sleeper *s = arg;
+  wd_time start = wd_now(self);
+  cr_assert_eq(wd_sleep(self, s->dur), 0);
+  s->woke = wd_now(self) - start;
+  s->order = (*s->counter)++;
+  return 0;
+}
+
+static int sleep_main(wd_task *self, void *arg) {
+  sleeper *s = arg;
+  wd_group g;
+  wd_group_enter(self, &g, NULL);
+  for (int i = 0; i < 5; i++) wd_spawn(&g, sleep_task, &s[i], NULL);
+  return wd_group_exit(self, &g, 0);
+}
+
+Test(task, sleeps_wake_in_deadline_order_exactly_on_virtual_clock) {
+  int counter = 0;
+  sleeper s[5] = {{.dur = 50 * WD_MSEC}, {.dur = 10 * WD_MSEC},
+                  {.dur = 30 * WD_MSEC}, {.dur = 10 * WD_MSEC},
+                  {.dur = 0}};
+  for (int i = 0; i < 5; i++) s[i].counter = &counter;
+  cr_assert_eq(run_virtual(sleep_main, s), 0);
+  int expect_order[5] = {4, 1, 3, 2, 0};
+  for (int i = 0; i < 5; i++) {
+    cr_assert_eq(s[i].woke, s[i].dur, "sleeper %d woke after %lld", i,
+                 (long long)s[i].woke);
+    cr_assert_eq(s[i].order, expect_order[i], "sleeper %d order %d", i,
+                 s[i].order);
+  }
+  assert_no_leaks();
+}
+
+static int real_sleep_main(wd_task *self, void *arg) {
+  wd_time t0 = wd_now(self);
+  cr_assert_eq(wd_sleep(self, 20 * WD_MSEC), 0);
+  *(wd_time *)arg = wd_now(self) - t0;
+  return 0;
+}
+
+Test(task, real_clock_sleep_is_not_early) {
+  wd_time took = 0;
+  cr_assert_eq(wd_run(real_sleep_main, &took), 0);
+  cr_assert_geq(took, 20 * WD_MSEC);
+  cr_assert_lt(took, 2 * WD_SEC);
+  assert_no_leaks();
+}
+
+static int result_task(wd_task *self, void *arg) {
+  wd_task_set_result(self, arg);
+  wd_sleep(self, WD_MSEC);
+  return -42;
+}
+
+static int handle_main(wd_task *self, void *arg) {
+  wd_group g;
+  wd_handle h;
+  int x = 7;
+  wd_group_enter(self, &g, &(wd_group_opts){.supervisor = true});
+  wd_spawn(&g, result_task, &x, &(wd_spawn_opts){.handle = &h, .name = "r"});
+  cr_assert_not_null(h.task);
+  cr_assert_str_eq(wd_task_name(h.task), "r");
+  cr_assert_eq(wd_task_id(h.task), h.id);
+  cr_assert_not(h.done);
+  cr_assert_eq(wd_join(self, &h), 0);
+  cr_assert(h.done);
+  cr_assert_eq(h.status, -42);
+  cr_assert_eq(h.result, &x);
+  cr_assert_null(h.task);
+  cr_assert_eq(wd_join(self, &h), 0, "joining an ended task returns at once");
+  int rc = wd_group_exit(self, &g, 0);
+  cr_assert_eq(rc, WD_EGROUP, "a negative status is a failure");
+  return 0;
+}
+
+Test(task, handle_carries_status_and_result_after_join) {
+  cr_assert_eq(run_virtual(handle_main, NULL), 0);
+  assert_no_leaks();
+}
+
+static int ids_main(wd_task *self, void *arg) {
+  cr_assert_eq(wd_task_id(self), 1);
+  cr_assert_str_eq(wd_task_name(self), "main");
+  cr_assert_eq(wd_self(), self);
+  wd_task_set_name(self, "a-very-long-name-that-will-be-truncated-here");
+  cr_assert_eq(strlen(wd_task_name(self)), WD_TASK_NAME_MAX - 1);
+  cr_assert_eq(wd_task_runtime(self), wd_runtime_current());
+  return 0;
+}
+
+Test(task, ids_names_and_self) {
+  cr_assert_eq(wd_run(ids_main, NULL), 0);
+  cr_assert_null(wd_self(), "no task outside the runtime");
+  cr_assert_null(wd_runtime_current());
+  assert_no_leaks();
+}
+
+static int bad_args_main(wd_task *self, void *arg) {
+  cr_assert_eq(wd_sleep(self, -1), WD_EINVAL);
+  cr_assert_not_null(strstr(wd_task_error(self)->msg, "negative"));
+  cr_assert_eq(wd_sleep(NULL, 1), WD_EINVAL);
+  cr_assert_eq(wd_yield(self), 0);
+  wd_handle h = {0};
+  cr_assert_eq(wd_join(self, &h), WD_EINVAL);
+  cr_assert_eq(wd_join(self, NULL), WD_EINVAL);
+  cr_assert_eq(wd_park(self, NULL), WD_EINVAL);
+  cr_assert_eq(wd_spawn(NULL, count_task, NULL, NULL), WD_EINVAL);
+  wd_group g;
+  wd_group_enter(self, &g, NULL);
+  cr_assert_eq(wd_spawn(&g, NULL, NULL, NULL), WD_EINVAL);
+  cr_assert_eq(wd_spawn(&g, count_task, NULL,
+                        &(wd_spawn_opts){.stack_size = 100}),
+               WD_EINVAL);
+  cr_assert_not_null(strstr(wd_task_error(self)->msg, "stack size"));
+  cr_assert_eq(wd_group_exit(self, &g, 0), 0);
+  int n = 0;
+  cr_assert_eq(wd_spawn(&g, count_task, &n, NULL), WD_ECLOSED);
+  cr_assert_eq(wd_group_exit(self, &g, 0), WD_EINVAL);
+  return 0;
+}
+
+Test(task, bad_arguments_return_clear_errors) {
+  cr_assert_eq(wd_run(bad_args_main, NULL), 0);
+  cr_assert_eq(wd_run(NULL, NULL), WD_EINVAL);
+  cr_assert_eq(wd_run_with(&(wd_runtime_opts){.clock = 7}, ids_main, NULL),
+               WD_EINVAL);
+  cr_assert_eq(wd_run_with(&(wd_runtime_opts){.stack_size = 1}, ids_main,
+                           NULL),
+               WD_EINVAL);
+  assert_no_leaks();
+}
+
+static int nested_run_main(wd_task *self, void *arg) {
+  cr_assert_eq(wd_run(ids_main, NULL), WD_EBUSY);
+  return 0;
+}
+
+Test(task, nested_wd_run_is_refused) {
+  cr_assert_eq(wd_run(nested_run_main, NULL), 0);
+  assert_no_leaks();
+}
