@@ -73,8 +73,9 @@ typedef struct wd_spawn_opts {
  * blocks or yields.  May be called by any task of g's runtime, or by a
  * posted callback.  A task spawned into a cancelled group starts cancelled
  * (its first checkpoint fails).  Checkpoint: no.
+ * Tasks of g may spawn siblings while the owner waits in wd_group_exit().
  * Returns 0, WD_EINVAL (NULL g or fn, stack size out of range), WD_ECLOSED
- * (g is being exited or was exited), WD_ENOMEM (nothing was started). */
+ * (g was exited), WD_ENOMEM (nothing was started). */
 #define wd_spawn(g, fn, arg, ...)                                             \
   wd_spawn_((g), (fn), (arg), (__VA_ARGS__), __FILE__, __LINE__)
 int wd_spawn_(wd_group *g, wd_task_fn fn, void *arg, const wd_spawn_opts *opts,
@@ -90,8 +91,9 @@ static inline void wd_group_cancel(wd_group *g) { wd_cancel(&g->scope); }
  * Returns:
  *   WD_EGROUP when any task failed: self's error lists each failure
  *     (and the body's, if rc was one), see wd_group_error();
- *   else rc when it was a failure or a cancellation from outside g;
- *   else the code of a cancelled enclosing scope;
+ *   else rc when it was a failure;
+ *   else the code of a cancelled enclosing scope, if any (the exit is a
+ *     checkpoint: work may have been skipped);
  *   else 0 (a cancellation of g itself is swallowed, like Trio's).
  * A task's result counts as a failure when it is negative and is not the
  * cancellation of that task. */

@@ -29,6 +29,7 @@ typedef struct wd_handle {
   void *result;
   bool done;
   struct wd_wait *joiner_;
+  void *pending_; /* while queued behind a group's max_running */
 } wd_handle;
 
 /* A blocked task's record, embedded in the waiter node of a primitive.
@@ -84,7 +85,9 @@ int wd_sleep_until(wd_task *self, wd_time deadline);
  * or unused handle, WD_EBUSY if another task already joins it. */
 int wd_join(wd_task *self, wd_handle *h);
 
-/* Cancel the task behind h (its own root scope); a no-op once it ended. */
+/* Cancel the task behind h (its own root scope).  A task still queued
+ * behind its group's max_running never starts: its handle is done at once
+ * with WD_ECANCELED.  A no-op once the task ended. */
 void wd_handle_cancel(wd_handle *h);
 
 /* Block self until wd_wake(w, rc) and return rc, or until self is

@@ -14,6 +14,10 @@
 #include "internal.h"
 
 static _Thread_local wd_error *thread_err;
+/* Stands in for an error that could not be allocated, so that recording an
+ * error never fails.  It never leaves its slot: wd__error_take() copies it
+ * to the heap (or gives NULL), and wd__error_free() ignores it. */
+static _Thread_local wd_error fallback;
 
 const char *wd_strerror(int code) {
   switch (code) {
@@ -50,7 +54,7 @@ const char *wd_err_name(int code) {
 }
 
 void wd__error_free(wd_error *e) {
-  while (e) {
+  while (e && e != &fallback) {
     wd_error *cause = e->cause;
     for (size_t i = 0; i < e->nchildren; i++) wd__error_free(e->children[i]);
     wd__free(e->children);
@@ -106,10 +110,20 @@ void wd__error_replace(wd_task *t, wd_error *e) {
   *slot = e;
 }
 
+static wd_error *use_fallback(int code, const char *file, int line) {
+  fallback = (wd_error){.code = code, .file = file, .line = line};
+  fallback.msg = wd_strerror(code);
+  return &fallback;
+}
+
 wd_error *wd__error_take(wd_task *t) {
   wd_error **slot = slot_of(t);
   wd_error *e = *slot;
   *slot = NULL;
+  if (e == &fallback) {
+    e = wd__calloc(1, sizeof *e);
+    if (e) *e = fallback;
+  }
   return e;
 }
 
@@ -119,7 +133,7 @@ int wd_error_set_(wd_task *self, const char *file, int line, int code,
   va_start(ap, fmt);
   wd_error *e = error_vnew(code, file, line, fmt, ap);
   va_end(ap);
-  wd__error_replace(self, e);
+  wd__error_replace(self, e ? e : use_fallback(code, file, line));
   return code;
 }
 
@@ -130,9 +144,11 @@ int wd_error_wrap_(wd_task *self, const char *file, int line, int code,
   wd_error *e = error_vnew(code, file, line, fmt, ap);
   va_end(ap);
   wd_error **slot = slot_of(self);
-  if (e) {
+  if (e && *slot != &fallback) {
     e->cause = *slot;
     *slot = e;
+  } else {
+    wd__error_replace(self, e ? e : use_fallback(code, file, line));
   }
   return code;
 }

@@ -53,6 +53,7 @@ static void handle_reset(wd_handle *h, uint64_t id) {
   h->result = NULL;
   h->done = false;
   h->joiner_ = NULL;
+  h->pending_ = NULL;
 }
 
 static void handle_finish(wd_handle *h, int status) {
@@ -60,6 +61,7 @@ static void handle_finish(wd_handle *h, int status) {
   h->status = status;
   h->done = true;
   h->task = NULL;
+  h->pending_ = NULL;
   if (h->joiner_) wd_wake(h->joiner_, 0);
   h->joiner_ = NULL;
 }
@@ -78,7 +80,9 @@ static int queue_pending(wd_group *g, wd_task_fn fn, void *arg,
   p->locals = wd__local_ref(locals);
   p->id = ++g->owner_->rt->next_id;
   if (o->name) snprintf(p->name, sizeof p->name, "%s", o->name);
+  p->group = g;
   handle_reset(o->handle, p->id);
+  if (o->handle) o->handle->pending_ = p;
   wd__list_push_back(&g->pending_, &p->link);
   g->npending_++;
   g->nlive_++;
@@ -150,6 +154,28 @@ static bool group_cancelled(const wd_group *g) {
   return false;
 }
 
+/* A pending spawn that will never start: it did not happen.  One that
+ * could not start for want of memory is a failure of the group. */
+static void drop_pending(wd_group *g, wd__pending *p, int rc) {
+  g->nlive_--;
+  wd__local_unref(p->locals);
+  handle_finish(p->handle, rc);
+  if (rc == WD_ECANCELED) {
+    g->ncancelled_++;
+  } else {
+    wd_error *e = wd__error_new(rc, p->file, p->line,
+                                "task could not be started");
+    if (e) {
+      e->task_id = p->id;
+      snprintf(e->task_name, sizeof e->task_name, "%s", p->name);
+    }
+    record_failure(g, e);
+    if (!g->supervisor_)
+      wd__cancel_with(&g->scope, WD_ECANCELED, "sibling failed");
+  }
+  wd__free(p);
+}
+
 /* Start (or, in a cancelled group, drop) pending spawns while the cap
  * allows. */
 static void start_pending(wd_group *g) {
@@ -163,22 +189,24 @@ static void start_pending(wd_group *g) {
       rc = wd__task_spawn(g, p->fn, p->arg, p->handle, p->stack_size,
                           p->name[0] ? p->name : NULL, p->file, p->line,
                           p->locals, p->id);
+    if (p->handle) p->handle->pending_ = NULL;
     if (rc) {
-      /* Never started: it did not happen. */
-      g->nlive_--;
-      wd__local_unref(p->locals);
-      handle_finish(p->handle, rc);
-      if (rc != WD_ECANCELED) {
-        wd_error *e = wd__error_new(rc, p->file, p->line,
-                                    "task could not be started");
-        if (e) e->task_id = p->id;
-        record_failure(g, e);
-      }
-    } else {
-      g->nspawned_++;
+      drop_pending(g, p, rc);
+      continue;
     }
+    g->nspawned_++;
     wd__free(p);
   }
+}
+
+void wd__pending_cancel(wd_handle *h) {
+  wd__pending *p = h->pending_;
+  wd_group *g = p->group;
+  wd__list_unlink(&p->link);
+  g->npending_--;
+  h->pending_ = NULL;
+  drop_pending(g, p, WD_ECANCELED);
+  if (g->nlive_ == 0 && g->exit_wait_) wd_wake(g->exit_wait_, 0);
 }
 
 static wd_error *failure_of(wd_task *t, int status) {
@@ -242,9 +270,7 @@ static int group_result(wd_task *self, wd_group *g, int rc, bool body_failed) {
     return WD_EGROUP;
   }
   if (body_failed) return rc;
-  int outer = wd__cancel_status(self);
-  if (outer && (wd_is_cancel(rc) || g->ncancelled_)) return outer;
-  return 0;
+  return wd__cancel_status(self);
 }
 
 int wd_group_exit(wd_task *self, wd_group *g, int rc) {

@@ -135,6 +135,7 @@ typedef struct wd__pending {
   wd_task_fn fn;
   void *arg;
   wd_handle *handle;
+  wd_group *group;
   size_t stack_size;
   const char *file;
   int line;

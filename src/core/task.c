@@ -57,6 +57,10 @@ static _Noreturn void task_finish(wd_task *t, int rc) {
   wd__local_unref(t->locals);
   wd__error_free(t->err);
   rt->ntasks--;
+  /* The last switch checks the canary too, but by then the record is no
+   * longer a task's: check while it can still be named. */
+  if (t->stack.canary && *t->stack.canary != WD__CANARY)
+    wd__overflow_die(t, "stack canary overwritten");
   t->state = WD__DONE;
   t->magic = 0;
   rt->zombie = t;
@@ -175,8 +179,12 @@ int wd_join(wd_task *self, wd_handle *h) {
   return wd_park(self, &jw.w);
 }
 
+void wd__pending_cancel(wd_handle *h);
+
 void wd_handle_cancel(wd_handle *h) {
-  if (h && h->task)
+  if (h && h->pending_)
+    wd__pending_cancel(h);
+  else if (h && h->task)
     wd__cancel_with(&h->task->root_scope, WD_ECANCELED, "task cancelled");
 }
 

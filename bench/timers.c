@@ -1,0 +1,109 @@
+/* timers.c - many concurrent sleepers: warden's timers against raw libuv.
+ *
+ * core.timers: the root task opens a group, spawns N_SLEEPERS tasks that
+ * each wd_sleep() a random 0-100 ms (a fixed seed, whole milliseconds), and
+ * exits the group; the figure is the wall time from the first spawn until
+ * wd_group_exit() returns.  The ideal is just over 100 ms; what is above it
+ * is the cost of starting the tasks, arming and expiring their timers, and
+ * ending them.
+ *
+ * core.timers.libuv: the same durations as a plain libuv program: one
+ * uv_timer_t per sleeper on a fresh uv_loop_t, started in a row, then
+ * uv_run() until the last one fired; timed from the first uv_timer_start()
+ * until uv_run() returns.  core.timers.vs_libuv is warden's time over it.
+ *
+ * The two variants alternate, REPS runs each, and each reports its best.
+ */
+#include <uv.h>
+
+#include "bench.h"
+
+#define N_SLEEPERS 100000
+#define MAX_MS 100
+#define REPS 3
+
+static int durations_ms[N_SLEEPERS];
+
+/* xorshift64*: deterministic whatever the libc, unlike rand(). */
+static void make_durations(void) {
+  uint64_t x = 0x9E3779B97F4A7C15ull;
+  for (int i = 0; i < N_SLEEPERS; i++) {
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    durations_ms[i] = (int)((x * 0x2545F4914F6CDD1Dull >> 33) % (MAX_MS + 1));
+  }
+}
+
+/* ---- warden ------------------------------------------------------------- */
+
+static int sleeper(wd_task *self, void *arg) {
+  return wd_sleep(self, (wd_time)*(const int *)arg * WD_MSEC);
+}
+
+static int warden_main(wd_task *self, void *arg) {
+  wd_group g;
+  int64_t t0 = bench_now();
+  bench_check(wd_group_enter(self, &g, &(wd_group_opts){.name = "sleepers"}),
+              "wd_group_enter");
+  for (int i = 0; i < N_SLEEPERS; i++)
+    bench_check(wd_spawn(&g, sleeper, &durations_ms[i], NULL), "wd_spawn");
+  bench_check(wd_group_exit(self, &g, 0), "wd_group_exit");
+  *(int64_t *)arg = bench_now() - t0;
+  return 0;
+}
+
+static int64_t run_warden(void) {
+  int64_t ns;
+  bench_check(wd_run(warden_main, &ns), "wd_run");
+  return ns;
+}
+
+/* ---- raw libuv ---------------------------------------------------------- */
+
+static int fired;
+
+static void on_timer(uv_timer_t *t) { fired++; }
+
+static int64_t run_libuv(void) {
+  uv_loop_t loop;
+  uv_timer_t *timers = malloc(N_SLEEPERS * sizeof *timers);
+  if (!timers) bench_check(WD_ENOMEM, "malloc");
+  bench_check(uv_loop_init(&loop), "uv_loop_init");
+  fired = 0;
+  /* The loop's cached time is from uv_loop_init(); bring it to now so the
+   * timeouts count from the first start, as the warden tasks' do. */
+  uv_update_time(&loop);
+  int64_t t0 = bench_now();
+  for (int i = 0; i < N_SLEEPERS; i++) {
+    uv_timer_init(&loop, &timers[i]);
+    bench_check(uv_timer_start(&timers[i], on_timer,
+                               (uint64_t)durations_ms[i], 0),
+                "uv_timer_start");
+  }
+  /* A timer that fired without repeat is inactive: the loop ends by
+   * itself after the last one. */
+  uv_run(&loop, UV_RUN_DEFAULT);
+  int64_t ns = bench_now() - t0;
+  if (fired != N_SLEEPERS) bench_check(WD_EINVAL, "libuv timers fired");
+  for (int i = 0; i < N_SLEEPERS; i++)
+    uv_close((uv_handle_t *)&timers[i], NULL);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  bench_check(uv_loop_close(&loop), "uv_loop_close");
+  free(timers);
+  return ns;
+}
+
+int main(void) {
+  make_durations();
+  int64_t wd = INT64_MAX, uv = INT64_MAX;
+  for (int rep = 0; rep < REPS; rep++) {
+    wd = bench_min(wd, run_warden());
+    uv = bench_min(uv, run_libuv());
+  }
+  printf("# %d sleepers of 0-%d ms, best of %d\n", N_SLEEPERS, MAX_MS, REPS);
+  bench_print("core.timers", wd / 1e6, 1, "ms");
+  bench_print("core.timers.libuv", uv / 1e6, 1, "ms");
+  bench_print("core.timers.vs_libuv", (double)wd / uv, 2, "ratio");
+  return 0;
+}
