@@ -46,7 +46,9 @@ valgrind:
 	@$(CMAKE) -S . -B build/valgrind -DCMAKE_BUILD_TYPE=Debug \
 	  -DWARDEN_WERROR=ON -DWARDEN_BENCH=OFF >/dev/null
 	@$(CMAKE) --build build/valgrind -j$(JOBS)
+	@# test-overflow is left out: its children die on purpose mid-stack.
 	@for t in build/valgrind/tests/test-*; do \
+	  case $$t in *test-overflow) continue;; esac; \
 	  echo "== valgrind $$t"; \
 	  valgrind -q --error-exitcode=99 --leak-check=full \
 	    --errors-for-leak-kinds=definite,indirect --trace-children=yes \

@@ -2,10 +2,10 @@
  *
  * A monotonic clock in integer nanoseconds, the one output format every
  * program uses (`bench <name> <value> <unit>`, explanations on '#' lines),
- * a fatal check for warden calls, the process's resident memory from
- * /proc/self/status, and a broadcast event built the way the README tells
- * users to build their own primitives: a list of wd_wait records, each
- * parked with wd_park() and released with wd_wake().
+ * a fatal check for warden calls, a watchdog, the process's resident memory
+ * from /proc/self/status, and a broadcast event built the way task.h
+ * invites users to build their own primitives: a list of wd_wait records,
+ * each parked with wd_park() and released with wd_wake().
  *
  * Everything is static inline so that each program stays one translation
  * unit (CMake builds every .c file of bench/ as its own executable).
@@ -14,11 +14,13 @@
 #define WD_BENCH_H
 
 #include <inttypes.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <warden.h>
 
@@ -47,6 +49,20 @@ static inline void bench_check(int rc, const char *what) {
   const wd_error *e = wd_last_error();
   if (e) wd_error_print(stderr, e);
   exit(1);
+}
+
+/* A benchmark that hangs (a lost wakeup in the runtime, say) must fail
+ * loudly rather than stall `make bench` forever. */
+static inline void bench_watchdog_fire_(int sig) {
+  static const char msg[] = "bench: watchdog: no progress, giving up\n";
+  (void)sig;
+  if (write(2, msg, sizeof msg - 1) < 0) _exit(3);
+  _exit(3);
+}
+
+static inline void bench_watchdog(unsigned seconds) {
+  signal(SIGALRM, bench_watchdog_fire_);
+  alarm(seconds);
 }
 
 /* ---- memory ------------------------------------------------------------- */

@@ -55,7 +55,8 @@ typedef struct wd_cancel_opts {
 /* Enter s in self (s becomes the innermost scope).  opts may be NULL.
  * A deadline already past cancels the scope at once.  Scopes must be
  * exited in reverse order of entry.  Checkpoint: no.
- * Returns 0, or WD_EINVAL (NULL self/s, negative timeout) with s not
+ * Returns 0, or WD_EINVAL (NULL self/s, negative timeout) or WD_ENOMEM
+ * (no room for its timer: the only allocation a scope may make) with s not
  * entered. */
 int wd_cancel_scope_enter(wd_task *self, wd_cancel_scope *s,
                           const wd_cancel_opts *opts);

@@ -56,7 +56,7 @@ typedef struct wd_group {
  * returns with a group (or a cancel scope) still open is a bug that warden
  * reports, naming the task and the group's creation site, and aborts on:
  * the group's memory went with the returning frame.
- * Checkpoint: no.  Returns 0 or WD_EINVAL (NULL self or g). */
+ * Checkpoint: no.  Returns 0, WD_EINVAL (NULL self or g) or WD_ENOMEM. */
 #define wd_group_enter(self, g, ...)                                          \
   wd_group_enter_((self), (g), (__VA_ARGS__), __FILE__, __LINE__)
 int wd_group_enter_(wd_task *self, wd_group *g, const wd_group_opts *opts,

@@ -44,8 +44,10 @@ typedef struct wd_runtime_opts {
   const char *root_name; /* name of the root task; default "main" */
 } wd_runtime_opts;
 
-/* Default stack of a task: address space reserved, memory committed only
- * for the pages a task touches (a parked task usually touches one). */
+/* Stack sizes name the address space a task reserves; memory is committed
+ * only for the pages it touches (a parked task usually touches one).  A
+ * page (guard or canary) and the task's record (about 0.5 KiB) come out of
+ * it.  Sizes are rounded up to a power of two. */
 #define WD_STACK_DEFAULT ((size_t)256 * 1024)
 #define WD_STACK_MIN ((size_t)32 * 1024)
 #define WD_STACK_MAX ((size_t)64 * 1024 * 1024)

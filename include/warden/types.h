@@ -36,12 +36,11 @@ typedef struct wd_link {
   struct wd_link *next_, *prev_;
 } wd_link;
 
-/* Intrusive timer node: a pairing-heap node keyed by deadline (private). */
+/* A deadline in the runtime's timer queue (private). */
 typedef struct wd_timer_node {
-  struct wd_timer_node *child_, *next_, *prev_;
   wd_time when_;
-  uint64_t seq_;
   void (*fire_)(struct wd_timer_node *node);
+  uint32_t hidx_;
   bool armed_;
 } wd_timer_node;
 

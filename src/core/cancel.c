@@ -25,9 +25,8 @@ static int status_from(const wd_cancel_scope *s) {
   return rc;
 }
 
-int wd__cancel_status(wd_task *t) {
+int wd__cancel_status_slow(wd_task *t) {
   uint64_t epoch = t->rt->cancel_epoch;
-  if (WD_LIKELY(t->cancel_epoch == epoch)) return t->cancel_rc;
   t->cancel_rc = status_from(t->scope);
   t->cancel_epoch = epoch;
   return t->cancel_rc;
@@ -115,6 +114,9 @@ int wd_cancel_scope_enter(wd_task *self, wd_cancel_scope *s,
     return wd_fail(self, WD_EINVAL, "cancel scope: negative %s %lld ns",
                    o.timeout < 0 ? "timeout" : "deadline",
                    (long long)(o.timeout < 0 ? o.timeout : o.deadline));
+  /* Room for the deadline this scope may get, now or later. */
+  if (wd__timers_reserve(self->rt))
+    return wd_fail(self, WD_ENOMEM, "cancel scope: no memory for a timer");
   wd_time now = (o.deadline || o.timeout) ? wd__now(self->rt) : 0;
   *s = (wd_cancel_scope){0};
   s->shield_ = o.shield;
@@ -135,6 +137,7 @@ int wd_cancel_scope_enter(wd_task *self, wd_cancel_scope *s,
 
 static void unlink_scope(wd_task *self, wd_cancel_scope *s) {
   wd__timer_disarm(self->rt, &s->timer_);
+  wd__timers_unreserve(self->rt);
   wd__list_unlink(&s->sibling_);
   self->scope = s->parent_;
   self->cancel_epoch = 0;

@@ -39,7 +39,6 @@ void wd__ctx_switch(wd__ctx *from, wd__ctx *to) {
 
 #else
 
-void wd__ctx_swap(void **save_sp, void *load_sp);
 void wd__ctx_entry(void);
 
 void wd__ctx_make(wd__ctx *ctx, void *lo, void *hi, void (*fn)(void *),
@@ -48,14 +47,12 @@ void wd__ctx_make(wd__ctx *ctx, void *lo, void *hi, void (*fn)(void *),
   uintptr_t top = (uintptr_t)hi & ~(uintptr_t)15;
   void **sp = (void **)top;
 #if defined(__x86_64__)
-  *--sp = NULL;                    /* padding: keeps the entry aligned */
-  *--sp = (void *)wd__ctx_entry;   /* return address of the first swap */
-  *--sp = NULL;                    /* rbp */
-  *--sp = NULL;                    /* rbx */
-  *--sp = (void *)fn;              /* r12 */
-  *--sp = arg;                     /* r13 */
-  *--sp = NULL;                    /* r14 */
-  *--sp = NULL;                    /* r15 */
+  /* What the inline switch in internal.h pops: rbp, then the address it
+   * jumps to; wd__ctx_entry then pops fn and arg. */
+  *--sp = arg;
+  *--sp = (void *)fn;
+  *--sp = (void *)wd__ctx_entry;
+  *--sp = NULL; /* rbp */
 #elif defined(__aarch64__)
   sp -= 22;                        /* the 176-byte frame of wd__ctx_swap */
   memset(sp, 0, 22 * sizeof(void *));
@@ -66,10 +63,6 @@ void wd__ctx_make(wd__ctx *ctx, void *lo, void *hi, void (*fn)(void *),
 #error "no assembly context switch for this architecture: use ucontext"
 #endif
   ctx->sp = sp;
-}
-
-void wd__ctx_switch(wd__ctx *from, wd__ctx *to) {
-  wd__ctx_swap(&from->sp, to->sp);
 }
 
 #endif

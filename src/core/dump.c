@@ -25,7 +25,8 @@ static void dump_group(wd_runtime *rt, FILE *out, wd_group *g, int depth) {
   if (g->max_running_) fprintf(out, ", max %u running", g->max_running_);
   if (g->scope.cancel_rc_) fprintf(out, ", cancelled (%s)", g->scope.why_);
   if (g->nfailed_) fprintf(out, ", %zu failed", g->nfailed_);
-  fprintf(out, ", created %s:%d, age %.3f s\n", g->file_, g->line_,
+  fprintf(out, ", created %s:%d, age %.3f s\n", wd__basename(g->file_),
+          g->line_,
           secs_ms(now - (uint64_t)g->created_));
   wd__list_each(it, &g->tasks_)
     dump_task(rt, out, wd__container_of(it, wd_task, group_link), depth + 1);
@@ -33,7 +34,7 @@ static void dump_group(wd_runtime *rt, FILE *out, wd_group *g, int depth) {
     wd__pending *p = wd__container_of(it, wd__pending, link);
     fprintf(out, "%*stask %llu '%s': pending (not started), created %s:%d\n",
             depth * 2 + 2, "", (unsigned long long)p->id,
-            p->name[0] ? p->name : "-", p->file, p->line);
+            p->name[0] ? p->name : "-", wd__basename(p->file), p->line);
   }
 }
 
@@ -59,8 +60,11 @@ static void dump_task(wd_runtime *rt, FILE *out, wd_task *t, int depth) {
     fputs(wd__state_name(t->state), out);
   int crc = wd__cancel_status(t);
   if (crc) fprintf(out, ", %s", crc == WD_ETIMEDOUT ? "timed out" : "cancelled");
-  fprintf(out, ", created %s:%d, age %.3f s\n", t->file ? t->file : "?",
-          t->line, secs_ms(now - t->created_ms));
+  if (t->is_root)
+    fprintf(out, ", root, age %.3f s\n", secs_ms(now - t->created_ms));
+  else
+    fprintf(out, ", created %s:%d, age %.3f s\n", wd__basename(t->file),
+            t->line, secs_ms(now - t->created_ms));
   wd__list_each(it, &t->groups)
     dump_group(rt, out, wd__container_of(it, wd_group, link_), depth + 1);
 }

@@ -19,6 +19,12 @@ static _Thread_local wd_error *thread_err;
  * to the heap (or gives NULL), and wd__error_free() ignores it. */
 static _Thread_local wd_error fallback;
 
+const char *wd__basename(const char *path) {
+  if (!path) return "?";
+  const char *slash = strrchr(path, '/');
+  return slash ? slash + 1 : path;
+}
+
 const char *wd_strerror(int code) {
   switch (code) {
   case 0:
@@ -191,7 +197,7 @@ static void format_one(sbuf *b, const wd_error *e, int depth,
     if (e->task_id)
       sb_printf(b, " [task %llu '%s']", (unsigned long long)e->task_id,
                 e->task_name);
-    if (e->file) sb_printf(b, " (%s:%d)", e->file, e->line);
+    if (e->file) sb_printf(b, " (%s:%d)", wd__basename(e->file), e->line);
     if (e->nsecondary)
       sb_printf(b, " (+%zu cleanup error%s)", e->nsecondary,
                 e->nsecondary == 1 ? "" : "s");

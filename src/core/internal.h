@@ -10,7 +10,6 @@
 #include <uv.h>
 
 #include "../util/list.h"
-#include "../util/pheap.h"
 #include "warden.h"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -54,7 +53,65 @@ typedef struct wd__ctx {
 void wd__ctx_make(wd__ctx *ctx, void *lo, void *hi, void (*fn)(void *),
                   void *arg);
 /* Save the running context in from and resume to. */
+#if defined(WD_USE_UCONTEXT)
 void wd__ctx_switch(wd__ctx *from, wd__ctx *to);
+#elif defined(__x86_64__)
+/* Inline, without call/ret: the switch pushes a resume address and rbp,
+ * swaps stack pointers and jumps to the other side's resume address.  A
+ * call/ret pair would make the return-stack predictor miss at nearly every
+ * switch (the ret lands in another task's frame); an indirect jump to a
+ * resume label is predicted from history.  Every other register is
+ * declared clobbered, so the compiler saves only those live across the
+ * switch.  The first 128 bytes below rsp are the red zone, left alone. */
+static inline void wd__ctx_switch(wd__ctx *from, wd__ctx *to) {
+  void **save = &from->sp;
+  void *load = to->sp;
+  __asm__ volatile("subq $128, %%rsp\n\t"
+                   "leaq 1f(%%rip), %%rax\n\t"
+                   "pushq %%rax\n\t"
+                   "pushq %%rbp\n\t"
+                   "movq %%rsp, (%%rdi)\n\t"
+                   "movq %%rsi, %%rsp\n\t"
+                   "popq %%rbp\n\t"
+                   "popq %%rax\n\t"
+                   "jmpq *%%rax\n"
+                   "1:\n\t"
+                   "addq $128, %%rsp\n\t"
+                   : "+D"(save), "+S"(load)
+                   :
+                   : "rax", "rbx", "rcx", "rdx", "r8", "r9", "r10", "r11",
+                     "r12", "r13", "r14", "r15", "xmm0", "xmm1", "xmm2",
+                     "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
+                     "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15",
+                     "memory", "cc");
+}
+#else
+void wd__ctx_swap(void **save_sp, void *load_sp);
+static inline void wd__ctx_switch(wd__ctx *from, wd__ctx *to) {
+  wd__ctx_swap(&from->sp, to->sp);
+}
+#endif
+
+/* ---- timers (timer.c) ------------------------------------------------- */
+
+typedef struct wd__tent {
+  wd_time when;
+  uint64_t seq;
+  uint32_t h; /* handle */
+} wd__tent;
+
+typedef struct wd__thnd {
+  wd_timer_node *node;
+  uint32_t pos; /* heap position; next free handle when free */
+} wd__thnd;
+
+typedef struct wd__timers {
+  wd__tent *heap;
+  wd__thnd *hnd;
+  uint32_t n, cap, free_head;
+  uint32_t reserved;
+  uint64_t seq;
+} wd__timers;
 
 /* ---- stacks -------------------------------------------------------------- */
 
@@ -74,6 +131,8 @@ void wd__stacks_deinit(wd_runtime *rt);
 /* A stack of at least size bytes (0 = default).  WD_ENOMEM on failure. */
 int wd__stack_get(wd_runtime *rt, size_t size, wd__stack *out);
 void wd__stack_put(wd_runtime *rt, const wd__stack *st);
+bool wd__stacks_trim(wd_runtime *rt, size_t budget);
+uint64_t wd__stacks_next_trim(wd_runtime *rt);
 /* Install the SIGSEGV handler and this thread's alternate signal stack. */
 void wd__overflow_install(wd_runtime *rt);
 void wd__overflow_uninstall(wd_runtime *rt);
@@ -161,8 +220,7 @@ struct wd_runtime {
   wd_task *zombie;        /* ended task whose stack awaits release */
   wd_task *root;
   int root_status;
-  wd__pheap timers;
-  uint64_t timer_seq;
+  wd__timers timers;
   wd_clock_mode clock;
   wd_time vnow;
   uint64_t cancel_epoch;
@@ -188,12 +246,20 @@ extern _Thread_local wd_runtime *wd__rt;
 /* The root scope of a task starts here. */
 void wd__scope_init_root(wd_task *t, wd_cancel_scope *parent);
 void wd__scope_fini_root(wd_task *t);
-/* The cancellation code of t now (0 if none), cached per cancel epoch. */
-int wd__cancel_status(wd_task *t);
+/* The cancellation code of t now (0 if none), cached per cancel epoch:
+ * a checkpoint normally costs one comparison. */
+int wd__cancel_status_slow(wd_task *t);
+static inline int wd__cancel_status(wd_task *t) {
+  if (WD_LIKELY(t->cancel_epoch == t->rt->cancel_epoch)) return t->cancel_rc;
+  return wd__cancel_status_slow(t);
+}
 /* Cancel s with a reason and a code. */
 void wd__cancel_with(wd_cancel_scope *s, int rc, const char *why);
 
-void wd__ready(wd_task *t);
+static inline void wd__ready(wd_task *t) {
+  t->state = WD__READY;
+  wd__list_push_back(&t->rt->runq, &t->runq);
+}
 /* Give the CPU to the next ready task (or the scheduler); returns when self
  * runs again. */
 void wd__switch_away(wd_task *self);
@@ -203,6 +269,12 @@ wd_time wd__now(wd_runtime *rt);
 void wd__timer_arm(wd_runtime *rt, wd_timer_node *n, wd_time when,
                    void (*fire)(wd_timer_node *));
 void wd__timer_disarm(wd_runtime *rt, wd_timer_node *n);
+/* Reserve room for one more armed timer (WD_ENOMEM), or give it back. */
+int wd__timers_reserve(wd_runtime *rt);
+void wd__timers_unreserve(wd_runtime *rt);
+void wd__timers_fini(wd_runtime *rt);
+bool wd__timers_next(const wd_runtime *rt, wd_time *when);
+void wd__timers_expire(wd_runtime *rt, wd_time now);
 
 int wd__task_spawn(wd_group *g, wd_task_fn fn, void *arg, wd_handle *h,
                    size_t stack_size, const char *name, const char *file,
@@ -219,7 +291,10 @@ wd_error *wd__error_new(int code, const char *file, int line, const char *fmt,
 void wd__error_replace(wd_task *t, wd_error *e);
 void wd__thread_error_free(void);
 
-uint64_t wd__loop_ms(wd_runtime *rt);
+/* libuv's cached loop time in ms: free to read, for ages in dumps. */
+static inline uint64_t wd__loop_ms(wd_runtime *rt) { return rt->loop.time; }
+/* The last component of a __FILE__ path, for messages. */
+const char *wd__basename(const char *path);
 const char *wd__state_name(int state);
 
 #endif

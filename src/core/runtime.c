@@ -21,7 +21,6 @@
 #define WD__BUDGET 1024
 
 void wd__sched_run_batch(wd_runtime *rt, unsigned budget);
-void wd__timers_expire(wd_runtime *rt, wd_time now);
 int wd__task_spawn(wd_group *g, wd_task_fn fn, void *arg, wd_handle *h,
                    size_t stack_size, const char *name, const char *file,
                    int line, wd__local *locals, uint64_t id);
@@ -42,11 +41,47 @@ static void run_posts(wd_runtime *rt) {
   }
 }
 
-static void on_async(uv_async_t *a) { run_posts(a->loop->data); }
+/* A callback that made a task ready must not let uv_run(UV_RUN_ONCE) go on
+ * to block in the poll: libuv 1.44 runs due timers before polling. */
+static void stop_if_ready(wd_runtime *rt) {
+  if (!wd__list_empty(&rt->runq)) uv_stop(&rt->loop);
+}
+
+static void on_async(uv_async_t *a) {
+  run_posts(a->loop->data);
+  stop_if_ready(a->loop->data);
+}
+
+static void on_timer(uv_timer_t *t);
+
+/* Arm the loop's one timer for our earliest deadline.  libuv counts in
+ * whole milliseconds from its cached loop time, so refresh that first (a
+ * stale loop time makes the timer fire early) and round up; on_timer
+ * re-arms if it still fired a little early. */
+static void arm_uv_timer(wd_runtime *rt) {
+  wd_time when;
+  bool any = wd__timers_next(rt, &when);
+  uv_update_time(&rt->loop);
+  /* Wake up to give stacks back, too; never with 0 ms from here, which
+   * from on_timer would make libuv run the timer again at once. */
+  uint64_t ms = wd__stacks_next_trim(rt);
+  if (ms == 0) ms = 1;
+  if (any) {
+    wd_time delta = when - wd__now(rt);
+    uint64_t d = delta > 0 ? (uint64_t)((delta + WD_MSEC - 1) / WD_MSEC) : 0;
+    if (d < ms) ms = d;
+  }
+  if (ms == UINT64_MAX)
+    uv_timer_stop(&rt->timer);
+  else
+    uv_timer_start(&rt->timer, on_timer, ms, 0);
+}
 
 static void on_timer(uv_timer_t *t) {
   wd_runtime *rt = t->loop->data;
   wd__timers_expire(rt, wd__now(rt));
+  if (rt->clock == WD_CLOCK_REAL) arm_uv_timer(rt);
+  stop_if_ready(rt);
 }
 
 int wd_runtime_post(wd_runtime *rt, void (*fn)(wd_runtime *, void *),
@@ -90,13 +125,7 @@ static void block_in_loop(wd_runtime *rt) {
 }
 
 static void idle_real(wd_runtime *rt) {
-  wd_timer_node *n = wd__pheap_min(&rt->timers);
-  if (n) {
-    wd_time delta = n->when_ - wd__now(rt);
-    if (delta <= 0) return; /* expired meanwhile: the caller loops */
-    uint64_t ms = (uint64_t)((delta + WD_MSEC - 1) / WD_MSEC);
-    uv_timer_start(&rt->timer, on_timer, ms, 0);
-  }
+  arm_uv_timer(rt);
   block_in_loop(rt);
 }
 
@@ -106,9 +135,9 @@ static void idle_virtual(wd_runtime *rt) {
     block_in_loop(rt);
     return;
   }
-  wd_timer_node *n = wd__pheap_min(&rt->timers);
-  if (n) {
-    if (n->when_ > rt->vnow) rt->vnow = n->when_;
+  wd_time when;
+  if (wd__timers_next(rt, &when)) {
+    if (when > rt->vnow) rt->vnow = when;
     wd__timers_expire(rt, rt->vnow);
     return;
   }
@@ -120,6 +149,11 @@ static void idle(wd_runtime *rt) {
   if (atomic_load_explicit(&rt->post_pending, memory_order_relaxed))
     run_posts(rt);
   if (!wd__list_empty(&rt->runq)) return;
+  if (wd__stacks_trim(rt, 1024)) {
+    /* More to give back: poll without blocking, trim again next round. */
+    uv_run(&rt->loop, UV_RUN_NOWAIT);
+    return;
+  }
   if (rt->clock == WD_CLOCK_VIRTUAL)
     idle_virtual(rt);
   else
@@ -214,6 +248,7 @@ int wd_run_with(const wd_runtime_opts *opts, wd_task_fn main, void *arg) {
     runtime_fini(rt);
     wd__overflow_uninstall(rt);
     wd__stacks_deinit(rt);
+    wd__timers_fini(rt);
     wd__rt = NULL;
     wd__free(rt);
     return wd_fail(NULL, WD_ENOMEM, "wd_run: no memory for the root task");
@@ -226,6 +261,7 @@ int wd_run_with(const wd_runtime_opts *opts, wd_task_fn main, void *arg) {
   int status = rt->root_status;
   wd__overflow_uninstall(rt);
   wd__stacks_deinit(rt);
+  wd__timers_fini(rt);
   wd__rt = NULL;
   wd__free(rt);
   return status;

@@ -1,4 +1,4 @@
-/* The scheduler: switching between tasks, the run queue, parking, timers.
+/* The scheduler: switching between tasks, the run queue, parking, sleeping.
  *
  * A task that blocks or yields switches directly to the next ready task;
  * the scheduler context (the thread's own stack, running the libuv loop) is
@@ -7,8 +7,8 @@
  * A task that ends cannot release its own stack while running on it: it
  * leaves itself in rt->zombie, and whoever runs next releases it.
  *
- * Timers are an intrusive pairing heap of deadlines; the scheduler expires
- * them between batches and arms a single uv_timer_t for the earliest one.
+ * Timers (timer.c) are expired by the runtime loop between batches, which
+ * arms a single uv_timer_t for the earliest one.
  */
 #include <time.h>
 
@@ -33,7 +33,6 @@ wd_time wd_now(const wd_task *self) {
   return rt ? wd__now(rt) : 0;
 }
 
-uint64_t wd__loop_ms(wd_runtime *rt) { return uv_now(&rt->loop); }
 
 static void reap(wd_runtime *rt) {
   wd_task *z = rt->zombie;
@@ -78,12 +77,7 @@ void wd__task_started(wd_task *t) {
   if (rt->zombie) reap(rt);
 }
 
-void wd__ready(wd_task *t) {
-  t->state = WD__READY;
-  wd__list_push_back(&t->rt->runq, &t->runq);
-}
-
-void wd__switch_away(wd_task *self) {
+static inline void switch_away(wd_task *self) {
   wd_runtime *rt = self->rt;
   wd_task *next = &rt->sched;
   if (WD_LIKELY(rt->budget)) {
@@ -100,6 +94,8 @@ void wd__switch_away(wd_task *self) {
   switch_to(rt, self, next);
 }
 
+void wd__switch_away(wd_task *self) { switch_away(self); }
+
 /* Run ready tasks from the scheduler context until the queue is empty or
  * the budget is spent. */
 void wd__sched_run_batch(wd_runtime *rt, unsigned budget) {
@@ -113,7 +109,7 @@ int wd_yield(wd_task *self) {
   int rc = wd__cancel_status(self);
   if (WD_UNLIKELY(rc)) return rc;
   wd__ready(self);
-  wd__switch_away(self);
+  switch_away(self);
   return 0;
 }
 
@@ -122,7 +118,7 @@ static int park_now(wd_task *self, wd_wait *w) {
   self->wait = w;
   self->state = WD__BLOCKED;
   self->blocked_ms = wd__loop_ms(self->rt);
-  wd__switch_away(self);
+  switch_away(self);
   self->wait = NULL;
   return w->result_;
 }
@@ -157,32 +153,7 @@ void wd__cancel_blocked(wd_task *t) {
   wd_wake(w, rc);
 }
 
-/* ---- timers ------------------------------------------------------------- */
-
-void wd__timer_arm(wd_runtime *rt, wd_timer_node *n, wd_time when,
-                   void (*fire)(wd_timer_node *)) {
-  if (n->armed_) wd__pheap_remove(&rt->timers, n);
-  n->when_ = when;
-  n->seq_ = rt->timer_seq++;
-  n->fire_ = fire;
-  n->armed_ = true;
-  wd__pheap_insert(&rt->timers, n);
-}
-
-void wd__timer_disarm(wd_runtime *rt, wd_timer_node *n) {
-  if (!n->armed_) return;
-  wd__pheap_remove(&rt->timers, n);
-  n->armed_ = false;
-}
-
-void wd__timers_expire(wd_runtime *rt, wd_time now) {
-  wd_timer_node *n;
-  while ((n = wd__pheap_min(&rt->timers)) && n->when_ <= now) {
-    wd__pheap_remove(&rt->timers, n);
-    n->armed_ = false;
-    n->fire_(n);
-  }
-}
+/* ---- sleeping ---------------------------------------------------------- */
 
 static void sleep_fire(wd_timer_node *n) {
   wd_task *t = wd__container_of(n, wd_task, sleep);

@@ -4,9 +4,11 @@
  * by one, so a million stacks cost a few hundred mappings and no commit
  * charge; a page is committed only when a task touches it.  Free stacks go
  * on a LIFO list per size class (the node lives in the stack's own top page,
- * already committed), so a spawn normally makes no system call.  Past
- * WD__HOT_STACKS free stacks of a class, the pages a freed stack touched
- * below its top page are returned to the kernel.
+ * already committed), so a spawn normally makes no system call.  When the
+ * runtime is idle, the pages below the top page of free stacks unused for
+ * a while, past the WD__HOT_STACKS most recently freed of a class, are
+ * returned to the kernel, so a burst of tasks does not pin its memory for
+ * ever.
  *
  * Overflow protection is a budget.  A guard page costs two of the
  * process's vm.max_map_count mappings (it splits the arena), so arenas are
@@ -37,22 +39,28 @@
 #endif
 
 #define WD__HOT_STACKS 1024
+#define WD__RETAIN_MS 2000
 #define WD__ARENA_MAX_BYTES ((size_t)1 << 30)
 #define WD__ARENA_MAX_SLOTS 4096
 #define WD__CLASS_MIN 15 /* 32 KiB */
 #define WD__CLASS_MAX 26 /* 64 MiB */
 #define WD__NCLASSES (WD__CLASS_MAX - WD__CLASS_MIN + 1)
 
+/* A free stack's list node, kept in its own top page, which stays
+ * committed even when the rest of a cold stack is given back. */
 typedef struct free_node {
-  struct free_node *next;
+  struct free_node *next, *prev;
+  uint64_t freed_ms; /* loop time when freed */
   wd__stack st;
 } free_node;
 
 struct wd__stack_pool {
   size_t slot;
   wd__arena *arenas; /* newest first */
-  free_node *free;
-  size_t nfree;
+  free_node hot;     /* sentinel: most recently freed first */
+  size_t nhot;
+  free_node *cold;   /* pages below the top one given back */
+  size_t ncold;
   size_t next_nslots;
 };
 
@@ -101,9 +109,10 @@ static void give_guards(long n) { atomic_fetch_add(&guard_budget, n); }
 static int class_of(size_t size, size_t *slot) {
   for (int c = WD__CLASS_MIN; c <= WD__CLASS_MAX; c++) {
     size_t s = (size_t)1 << c;
-    /* The slot also holds a guard page (or the canary page) and the task
-     * record at its top. */
-    if (s >= size + wd__page + sizeof(wd_task) + 64) {
+    /* A stack size names the slot, which also holds the guard page (or
+     * the canary page) and the task record at its top: what the task's
+     * frames get is a page and a record less. */
+    if (s >= size) {
       *slot = s;
       return c - WD__CLASS_MIN;
     }
@@ -118,6 +127,7 @@ int wd__stacks_init(wd_runtime *rt) {
   for (int c = 0; c < WD__NCLASSES; c++) {
     rt->pools[c].slot = (size_t)1 << (c + WD__CLASS_MIN);
     rt->pools[c].next_nslots = 16;
+    rt->pools[c].hot.next = rt->pools[c].hot.prev = &rt->pools[c].hot;
   }
   return 0;
 }
@@ -241,10 +251,17 @@ int wd__stack_get(wd_runtime *rt, size_t size, wd__stack *out) {
   if (c < 0) return WD_EINVAL;
   if (wd__alloc_fail_point()) return WD_ENOMEM;
   wd__stack_pool *p = &rt->pools[c];
-  free_node *f = p->free;
-  if (WD_LIKELY(f != NULL)) {
-    p->free = f->next;
-    p->nfree--;
+  free_node *f = p->hot.next;
+  if (WD_LIKELY(f != &p->hot)) {
+    f->prev->next = f->next;
+    f->next->prev = f->prev;
+    p->nhot--;
+    *out = f->st;
+    return 0;
+  }
+  if ((f = p->cold) != NULL) {
+    p->cold = f->next;
+    p->ncold--;
     *out = f->st;
     return 0;
   }
@@ -252,22 +269,62 @@ int wd__stack_get(wd_runtime *rt, size_t size, wd__stack *out) {
 }
 
 void wd__stack_put(wd_runtime *rt, const wd__stack *st) {
-  (void)rt;
   wd__stack_pool *p = st->pool;
-  char *top_page =
-      (char *)((uintptr_t)(st->hi - 1) & ~(uintptr_t)(wd__page - 1));
 #if WD_ASAN
   /* Frames that never returned (the task's last ones) left their redzones
    * poisoned; the next task on this stack must start clean. */
   ASAN_UNPOISON_MEMORY_REGION(st->lo, (size_t)(st->hi - st->lo));
 #endif
-  if (p->nfree >= WD__HOT_STACKS && top_page > st->lo)
-    madvise(st->lo, (size_t)(top_page - st->lo), MADV_DONTNEED);
   free_node *f = (free_node *)(st->hi - sizeof(free_node));
   f->st = *st;
-  f->next = p->free;
-  p->free = f;
-  p->nfree++;
+  f->freed_ms = wd__loop_ms(rt);
+  f->prev = &p->hot;
+  f->next = p->hot.next;
+  p->hot.next->prev = f;
+  p->hot.next = f;
+  p->nhot++;
+}
+
+/* Give back the pages of free stacks that have not been reused for
+ * WD__RETAIN_MS, beyond the WD__HOT_STACKS most recently freed of each
+ * class, at most budget of them: one madvise each, done when the runtime is
+ * idle rather than when a task ends, and late enough that a workload that
+ * comes back in bursts finds its stacks still committed.  Returns true if
+ * more are due now. */
+bool wd__stacks_trim(wd_runtime *rt, size_t budget) {
+  uint64_t now = wd__loop_ms(rt);
+  for (int c = 0; c < WD__NCLASSES; c++) {
+    wd__stack_pool *p = &rt->pools[c];
+    while (p->nhot > WD__HOT_STACKS &&
+           p->hot.prev->freed_ms + WD__RETAIN_MS <= now) {
+      if (budget-- == 0) return true;
+      free_node *f = p->hot.prev;
+      f->prev->next = &p->hot;
+      p->hot.prev = f->prev;
+      p->nhot--;
+      char *top_page =
+          (char *)((uintptr_t)(f->st.hi - 1) & ~(uintptr_t)(wd__page - 1));
+      if (top_page > f->st.lo)
+        madvise(f->st.lo, (size_t)(top_page - f->st.lo), MADV_DONTNEED);
+      f->next = p->cold;
+      p->cold = f;
+      p->ncold++;
+    }
+  }
+  return false;
+}
+
+/* Milliseconds until wd__stacks_trim() has work, or UINT64_MAX. */
+uint64_t wd__stacks_next_trim(wd_runtime *rt) {
+  uint64_t now = wd__loop_ms(rt), next = UINT64_MAX;
+  for (int c = 0; c < WD__NCLASSES; c++) {
+    wd__stack_pool *p = &rt->pools[c];
+    if (p->nhot <= WD__HOT_STACKS) continue;
+    uint64_t due = p->hot.prev->freed_ms + WD__RETAIN_MS;
+    uint64_t in = due > now ? due - now : 0;
+    if (in < next) next = in;
+  }
+  return next;
 }
 
 void wd__stacks_stats(const wd_runtime *rt, size_t *mapped, size_t *guarded,
@@ -275,7 +332,7 @@ void wd__stacks_stats(const wd_runtime *rt, size_t *mapped, size_t *guarded,
   *mapped = *guarded = *cached = 0;
   if (!rt->pools) return;
   for (int c = 0; c < WD__NCLASSES; c++) {
-    *cached += rt->pools[c].nfree;
+    *cached += rt->pools[c].nhot + rt->pools[c].ncold;
     for (wd__arena *a = rt->pools[c].arenas; a; a = a->next) {
       *mapped += a->carved;
       if (a->guarded) *guarded += a->carved;

@@ -54,6 +54,7 @@ static _Noreturn void task_finish(wd_task *t, int rc) {
   }
   wd__scope_fini_root(t);
   wd__timer_disarm(rt, &t->sleep);
+  wd__timers_unreserve(rt);
   wd__local_unref(t->locals);
   wd__error_free(t->err);
   rt->ntasks--;
@@ -80,8 +81,13 @@ int wd__task_spawn(wd_group *g, wd_task_fn fn, void *arg, wd_handle *h,
                    int line, wd__local *locals, uint64_t id) {
   wd_runtime *rt = wd__rt;
   wd__stack st;
-  int rc = wd__stack_get(rt, stack_size, &st);
+  int rc = wd__timers_reserve(rt); /* for its sleeps */
   if (rc) return rc;
+  rc = wd__stack_get(rt, stack_size, &st);
+  if (rc) {
+    wd__timers_unreserve(rt);
+    return rc;
+  }
   wd_task *t = wd__task_at(st.hi);
   memset(t, 0, offsetof(wd_task, name));
   t->name[0] = '\0';
@@ -174,7 +180,9 @@ int wd_join(wd_task *self, wd_handle *h) {
     return wd_fail(self, WD_EBUSY, "wd_join: task %llu already has a joiner",
                    (unsigned long long)h->id);
   join_wait jw = {.w = {.what = "join", .on_cancel = join_cancel}, .h = h};
-  jw.w.name = h->task ? wd_task_name(h->task) : NULL;
+  /* The joined task's name when it has one; formatting a default name on
+   * every join would cost more than the join. */
+  jw.w.name = h->task && h->task->name[0] ? h->task->name : NULL;
   h->joiner_ = &jw.w;
   return wd_park(self, &jw.w);
 }
