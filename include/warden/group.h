@@ -34,7 +34,6 @@ typedef struct wd_group_opts {
 typedef struct wd_group {
   wd_cancel_scope scope; /* cancel it to cancel the whole group */
   wd_task *owner_;
-  wd_link tasks_;   /* live tasks */
   wd_link pending_; /* spawned beyond max_running, not started */
   wd_link link_;    /* in the owner's list of open groups */
   struct wd_error **errors_;

@@ -11,30 +11,22 @@
 
 #include "internal.h"
 
-static atomic_long fail_countdown;
+atomic_long wd__alloc_countdown;
+atomic_long wd__alloc_attempts;
 static atomic_int fail_fired;
 static atomic_long live_blocks;
-static atomic_long attempts;
 
 void wd_alloc_fail_after(long n) {
   atomic_store(&fail_fired, 0);
-  atomic_store(&fail_countdown, n > 0 ? n : 0);
+  atomic_store(&wd__alloc_countdown, n > 0 ? n : 0);
 }
 
 int wd_alloc_failed(void) { return atomic_load(&fail_fired); }
 long wd_alloc_live(void) { return atomic_load(&live_blocks); }
-long wd_alloc_count(void) { return atomic_load(&attempts); }
+long wd_alloc_count(void) { return atomic_load(&wd__alloc_attempts); }
 
-int wd__alloc_fail_point(void) {
-  /* A plain increment, not a locked one: the count is a statistic, and
-   * this runs on every spawn. */
-  atomic_store_explicit(
-      &attempts, atomic_load_explicit(&attempts, memory_order_relaxed) + 1,
-      memory_order_relaxed);
-  if (WD_LIKELY(atomic_load_explicit(&fail_countdown, memory_order_relaxed) ==
-                0))
-    return 0;
-  if (atomic_fetch_sub(&fail_countdown, 1) == 1) {
+int wd__alloc_fail_point_slow(void) {
+  if (atomic_fetch_sub(&wd__alloc_countdown, 1) == 1) {
     atomic_store(&fail_fired, 1);
     return 1;
   }

@@ -84,6 +84,11 @@ static void link_scope(wd_task *t, wd_cancel_scope *s,
 
 void wd__scope_init_root(wd_task *t, wd_cancel_scope *parent) {
   wd_cancel_scope *s = &t->root_scope;
+  s->timer_.armed_ = false;
+  s->deadline_ = s->timeout_ = 0;
+  s->what_ = s->why_ = NULL;
+  s->cancel_rc_ = 0;
+  s->shield_ = s->fail_ = false;
   link_scope(t, s, parent);
 }
 

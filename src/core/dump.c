@@ -28,8 +28,13 @@ static void dump_group(wd_runtime *rt, FILE *out, wd_group *g, int depth) {
   fprintf(out, ", created %s:%d, age %.3f s\n", wd__basename(g->file_),
           g->line_,
           secs_ms(now - (uint64_t)g->created_));
-  wd__list_each(it, &g->tasks_)
-    dump_task(rt, out, wd__container_of(it, wd_task, group_link), depth + 1);
+  /* The group's tasks are the children of its scope that are task root
+   * scopes (the others are scopes the owner entered inside the group). */
+  wd__list_each(it, &g->scope.children_) {
+    wd_cancel_scope *c = wd__container_of(it, wd_cancel_scope, sibling_);
+    if (c->owner_ && c == &c->owner_->root_scope)
+      dump_task(rt, out, c->owner_, depth + 1);
+  }
   wd__list_each(it, &g->pending_) {
     wd__pending *p = wd__container_of(it, wd__pending, link);
     fprintf(out, "%*stask %llu '%s': pending (not started), created %s:%d\n",

@@ -1,5 +1,7 @@
 /* Task groups.
  *
+ * A group's tasks are found through its cancel scope: each task's root scope
+ * is a child of the group's scope, so the group keeps no list of its own.
  * A group counts its live tasks (running, blocked, or pending behind the
  * max_running cap) and its owner parks in wd_group_exit() until the count is
  * zero; that wait cannot be cancelled, because no task may outlive its
@@ -27,7 +29,6 @@ int wd_group_enter_(wd_task *self, wd_group *g, const wd_group_opts *opts,
   if (rc) return rc;
   wd_runtime *rt = self->rt;
   g->owner_ = self;
-  wd__list_init(&g->tasks_);
   wd__list_init(&g->pending_);
   g->id_ = ++rt->next_id;
   if (opts && opts->name)
@@ -227,7 +228,6 @@ static wd_error *failure_of(wd_task *t, int status) {
 }
 
 void wd__group_task_done(wd_group *g, wd_task *t, int status) {
-  wd__list_unlink(&t->group_link);
   g->nlive_--;
   g->nrunning_--;
   if (status < 0) {

@@ -34,7 +34,20 @@ void wd__free(void *p);
 char *wd__strdup(const char *s);
 /* Counts an allocation point that is not a heap block (a stack); returns 1
  * when the fault injector says it must fail. */
-int wd__alloc_fail_point(void);
+int wd__alloc_fail_point_slow(void);
+extern atomic_long wd__alloc_countdown, wd__alloc_attempts;
+static inline int wd__alloc_fail_point(void) {
+  /* A plain increment, not a locked one: the count is a statistic, and
+   * this runs on every spawn. */
+  atomic_store_explicit(
+      &wd__alloc_attempts,
+      atomic_load_explicit(&wd__alloc_attempts, memory_order_relaxed) + 1,
+      memory_order_relaxed);
+  if (WD_LIKELY(atomic_load_explicit(&wd__alloc_countdown,
+                                     memory_order_relaxed) == 0))
+    return 0;
+  return wd__alloc_fail_point_slow();
+}
 
 /* ---- context switch ----------------------------------------------------- */
 
@@ -164,7 +177,6 @@ struct wd_task {
   void *arg;
   void *result;
   wd_group *group;       /* NULL for the root */
-  wd_link group_link;    /* in group->tasks_ */
   wd_link groups;        /* groups this task owns and has not exited */
   wd_cancel_scope root_scope;
   wd_cancel_scope *scope; /* innermost */
@@ -241,7 +253,10 @@ struct wd_runtime {
   bool altstack_ours;
 };
 
-extern _Thread_local wd_runtime *wd__rt;
+/* The runtime of this thread.  initial-exec: the library is built as
+ * position-independent code, and the default model would make every access
+ * a call to __tls_get_addr. */
+extern _Thread_local wd_runtime *wd__rt __attribute__((tls_model("initial-exec")));
 
 /* The root scope of a task starts here. */
 void wd__scope_init_root(wd_task *t, wd_cancel_scope *parent);
@@ -270,8 +285,17 @@ void wd__timer_arm(wd_runtime *rt, wd_timer_node *n, wd_time when,
                    void (*fire)(wd_timer_node *));
 void wd__timer_disarm(wd_runtime *rt, wd_timer_node *n);
 /* Reserve room for one more armed timer (WD_ENOMEM), or give it back. */
-int wd__timers_reserve(wd_runtime *rt);
-void wd__timers_unreserve(wd_runtime *rt);
+int wd__timers_grow(wd_runtime *rt);
+static inline int wd__timers_reserve(wd_runtime *rt) {
+  if (WD_UNLIKELY(rt->timers.reserved == rt->timers.cap) &&
+      wd__timers_grow(rt))
+    return WD_ENOMEM;
+  rt->timers.reserved++;
+  return 0;
+}
+static inline void wd__timers_unreserve(wd_runtime *rt) {
+  rt->timers.reserved--;
+}
 void wd__timers_fini(wd_runtime *rt);
 bool wd__timers_next(const wd_runtime *rt, wd_time *when);
 void wd__timers_expire(wd_runtime *rt, wd_time now);

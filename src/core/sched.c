@@ -19,7 +19,7 @@
 #include <sanitizer/common_interface_defs.h>
 #endif
 
-_Thread_local wd_runtime *wd__rt;
+_Thread_local wd_runtime *wd__rt __attribute__((tls_model("initial-exec")));
 
 wd_time wd__now(wd_runtime *rt) {
   if (rt->clock == WD_CLOCK_VIRTUAL) return rt->vnow;

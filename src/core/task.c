@@ -55,8 +55,8 @@ static _Noreturn void task_finish(wd_task *t, int rc) {
   wd__scope_fini_root(t);
   wd__timer_disarm(rt, &t->sleep);
   wd__timers_unreserve(rt);
-  wd__local_unref(t->locals);
-  wd__error_free(t->err);
+  if (t->locals) wd__local_unref(t->locals);
+  if (t->err) wd__error_free(t->err);
   rt->ntasks--;
   /* The last switch checks the canary too, but by then the record is no
    * longer a task's: check while it can still be named. */
@@ -89,12 +89,23 @@ int wd__task_spawn(wd_group *g, wd_task_fn fn, void *arg, wd_handle *h,
     return rc;
   }
   wd_task *t = wd__task_at(st.hi);
-  memset(t, 0, offsetof(wd_task, name));
+  /* Field by field rather than a memset of the whole record: this is the
+   * spawn path, and most fields are written below anyway. */
   t->name[0] = '\0';
   if (name) {
     strncpy(t->name, name, sizeof t->name - 1);
     t->name[sizeof t->name - 1] = '\0';
   }
+  t->is_root = t->is_sched = false;
+  t->result = NULL;
+  t->wait = NULL;
+  t->err = NULL;
+  t->sleep.armed_ = false;
+  t->blocked_ms = 0;
+  t->cancel_rc = 0;
+#if WD_ASAN
+  t->asan_fake = NULL;
+#endif
   t->magic = WD__TASK_MAGIC;
   t->rt = rt;
   t->stack = st;
@@ -118,10 +129,7 @@ int wd__task_spawn(wd_group *g, wd_task_fn fn, void *arg, wd_handle *h,
     h->task = t;
     h->id = t->id;
   }
-  if (g) {
-    wd__list_push_back(&g->tasks_, &t->group_link);
-    g->nrunning_++;
-  }
+  if (g) g->nrunning_++;
   rt->ntasks++;
   wd__ready(t);
   return 0;

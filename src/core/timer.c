@@ -79,14 +79,7 @@ static int grow(wd__timers *t) {
   return 0;
 }
 
-int wd__timers_reserve(wd_runtime *rt) {
-  wd__timers *t = &rt->timers;
-  if (t->reserved == t->cap && grow(t)) return WD_ENOMEM;
-  t->reserved++;
-  return 0;
-}
-
-void wd__timers_unreserve(wd_runtime *rt) { rt->timers.reserved--; }
+int wd__timers_grow(wd_runtime *rt) { return grow(&rt->timers); }
 
 void wd__timers_fini(wd_runtime *rt) {
   wd__free(rt->timers.heap);
