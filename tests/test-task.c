@@ -207,3 +207,90 @@ Test(task, nested_wd_run_is_refused) {
   cr_assert_eq(wd_run(nested_run_main, NULL), 0);
   assert_no_leaks();
 }
+
+/* The timer heap under load: many sleepers with colliding deadlines and
+ * cancellations at random times, all on the virtual clock. */
+#define N_STRESS 2000
+
+typedef struct stress_task {
+  wd_time dur;
+  wd_time cancel_at; /* 0: never */
+  wd_time woke;
+  int rc;
+  int wake_seq;
+  wd_handle h;
+} stress_task;
+
+typedef struct stress {
+  stress_task t[N_STRESS];
+  int seq;
+} stress;
+
+static stress *the_stress;
+
+static int stress_sleeper(wd_task *self, void *arg) {
+  stress_task *st = arg;
+  st->rc = wd_sleep(self, st->dur);
+  st->woke = wd_now(self);
+  st->wake_seq = the_stress->seq++;
+  return 0;
+}
+
+static int stress_canceller(wd_task *self, void *arg) {
+  stress *s = arg;
+  /* Cancel in time order: one pass per distinct cancel time. */
+  for (wd_time at = 1; at <= 1000 * WD_MSEC; at += WD_MSEC) {
+    bool any = false;
+    for (int i = 0; i < N_STRESS; i++)
+      if (s->t[i].cancel_at == at) any = true;
+    if (!any) continue;
+    cr_assert_eq(wd_sleep_until(self, at), 0);
+    for (int i = 0; i < N_STRESS; i++)
+      if (s->t[i].cancel_at == at) wd_handle_cancel(&s->t[i].h);
+  }
+  return 0;
+}
+
+static int stress_main(wd_task *self, void *arg) {
+  stress *s = arg;
+  wd_group g;
+  wd_group_enter(self, &g, NULL);
+  for (int i = 0; i < N_STRESS; i++)
+    wd_spawn(&g, stress_sleeper, &s->t[i],
+             &(wd_spawn_opts){.handle = &s->t[i].h});
+  wd_spawn(&g, stress_canceller, s, NULL);
+  return wd_group_exit(self, &g, 0);
+}
+
+Test(task, timer_heap_keeps_order_under_random_cancels) {
+  static stress s;
+  the_stress = &s;
+  uint64_t x = 88172645463325252ull;
+  for (int i = 0; i < N_STRESS; i++) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    s.t[i].dur = (wd_time)(x % 200) * 5 * WD_MSEC; /* many equal */
+    if (x % 7 == 0) s.t[i].cancel_at = (wd_time)((x >> 8) % 999 + 1) * WD_MSEC + 1;
+  }
+  cr_assert_eq(run_virtual(stress_main, &s), 0);
+  for (int i = 0; i < N_STRESS; i++) {
+    stress_task *t = &s.t[i];
+    bool cancelled = t->cancel_at && t->cancel_at < t->dur;
+    if (cancelled) {
+      cr_assert_eq(t->rc, WD_ECANCELED, "task %d rc %d", i, t->rc);
+      cr_assert_eq(t->woke, t->cancel_at, "task %d woke at %lld", i,
+                   (long long)t->woke);
+    } else {
+      cr_assert_eq(t->rc, 0, "task %d rc %d", i, t->rc);
+      cr_assert_eq(t->woke, t->dur, "task %d woke at %lld, not %lld", i,
+                   (long long)t->woke, (long long)t->dur);
+    }
+  }
+  /* Equal deadlines fire in the order the sleeps began (spawn order). */
+  for (int i = 0; i < N_STRESS; i++)
+    for (int j = i + 1; j < N_STRESS; j++) {
+      stress_task *a = &s.t[i], *b = &s.t[j];
+      if (a->rc == 0 && b->rc == 0 && a->dur == b->dur)
+        cr_assert_lt(a->wake_seq, b->wake_seq, "tasks %d and %d", i, j);
+    }
+  assert_no_leaks();
+}
