@@ -1,16 +1,21 @@
 # The README's commands.  Each target installs the Debian packages it needs
 # (as root; otherwise it names them) and builds in its own directory.
 #   make demo      build and run examples/demo.c
-#   make check     Debug + ASan/UBSan/LSan, -Werror, the whole suite via CTest
+#   make check     format and layering lint, then a Debug build with
+#                  ASan/UBSan/LSan and -Werror, the whole suite via CTest
 #   make bench     Release build, run every program in bench/
 #   make valgrind  the suite under Valgrind memcheck (no sanitizers)
 #   make check-clang  the check build with clang
+#   make format    clang-format every C file in place
 
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE ?= cmake
 CTEST ?= ctest
 
-.PHONY: demo check check-clang bench valgrind clean
+.PHONY: demo check check-clang bench valgrind format clean
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
 
 demo:
 	@scripts/deps.sh demo
@@ -21,6 +26,7 @@ demo:
 
 check:
 	@scripts/deps.sh check
+	@scripts/lint.sh
 	@$(CMAKE) -S . -B build/check -DCMAKE_BUILD_TYPE=Debug \
 	  -DWARDEN_SANITIZE=ON -DWARDEN_WERROR=ON -DWARDEN_BENCH=OFF >/dev/null
 	@$(CMAKE) --build build/check -j$(JOBS)

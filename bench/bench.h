@@ -127,10 +127,12 @@ static inline bool bench_event_on_cancel(wd_wait *w) {
 
 /* Park self until bench_event_set(ev).  Checkpoint: yes. */
 static inline int bench_event_wait(wd_task *self, bench_event *ev) {
-  bench_waiter bw = {
-      .w = {.what = "event", .name = ev->name,
-            .on_cancel = bench_event_on_cancel},
-      .prev = NULL, .next = ev->head, .ev = ev};
+  bench_waiter bw = {.w = {.what = "event",
+                           .name = ev->name,
+                           .on_cancel = bench_event_on_cancel},
+                     .prev = NULL,
+                     .next = ev->head,
+                     .ev = ev};
   if (ev->head) ev->head->prev = &bw;
   ev->head = &bw;
   ev->nwaiting++;

@@ -26,8 +26,8 @@
 
 typedef struct run {
   long n;
-  int64_t bytes;     /* resident bytes added while all were parked */
-  int64_t spawn_ns;  /* first spawn .. all parked */
+  int64_t bytes;      /* resident bytes added while all were parked */
+  int64_t spawn_ns;   /* first spawn .. all parked */
   int64_t release_ns; /* wake all .. group exited */
   wd_runtime_stats stats;
 } run;
@@ -48,7 +48,8 @@ static int bench_main(wd_task *self, void *arg) {
     bench_check(wd_spawn(&g, parker, &ev, NULL), "wd_spawn");
   /* Spawned tasks run once we yield; the run queue is FIFO, so one yield
    * normally suffices, but the count is what says they are all parked. */
-  while (ev.nwaiting < (size_t)r->n) bench_check(wd_yield(self), "wd_yield");
+  while (ev.nwaiting < (size_t)r->n)
+    bench_check(wd_yield(self), "wd_yield");
   int64_t t1 = bench_now();
   r->spawn_ns = t1 - t0;
   r->bytes = bench_resident() - before;
@@ -61,7 +62,9 @@ static int bench_main(wd_task *self, void *arg) {
 
 /* Best of reps runs of n tasks. */
 static run measure(long n, int reps) {
-  run best = {.n = n, .bytes = INT64_MAX, .spawn_ns = INT64_MAX,
+  run best = {.n = n,
+              .bytes = INT64_MAX,
+              .spawn_ns = INT64_MAX,
               .release_ns = INT64_MAX};
   for (int rep = 0; rep < reps; rep++) {
     run r = {.n = n};
@@ -90,7 +93,6 @@ int main(void) {
   bench_print("core.parked.bytes", (double)big.bytes / big.n, 0, "bytes");
   bench_print("core.parked.bytes.100k", (double)small.bytes / small.n, 0,
               "bytes");
-  bench_print("core.parked.spawn_rate", 1e9 * big.n / big.spawn_ns, 0,
-              "ops/s");
+  bench_print("core.parked.spawn_rate", 1e9 * big.n / big.spawn_ns, 0, "ops/s");
   return 0;
 }

@@ -73,7 +73,8 @@ static int bench_main(wd_task *self, void *arg) {
               "wd_group_enter");
   for (int i = 0; i < N_PARKED; i++)
     bench_check(wd_spawn(&outer, parker, &ev, NULL), "wd_spawn parker");
-  while (ev.nwaiting < N_PARKED) bench_check(wd_yield(self), "wd_yield");
+  while (ev.nwaiting < N_PARKED)
+    bench_check(wd_yield(self), "wd_yield");
   r->parked = ping_pong(self, N_YIELDS, &sw);
   bench_event_set(&ev);
   return wd_group_exit(self, &outer, 0);
@@ -90,7 +91,8 @@ transfer_t jump_fcontext(fcontext_t const to, void *vp);
 fcontext_t make_fcontext(void *sp, size_t size, void (*fn)(transfer_t));
 
 static void fc_bounce(transfer_t t) {
-  for (;;) t = jump_fcontext(t.fctx, NULL);
+  for (;;)
+    t = jump_fcontext(t.fctx, NULL);
 }
 
 /* ns for 2n switches: n round trips main -> other -> main. */
@@ -101,7 +103,8 @@ static int64_t fcontext_ping_pong(long n) {
   fcontext_t c = make_fcontext(stack + size, size, fc_bounce);
   transfer_t t = jump_fcontext(c, NULL); /* start it: not timed */
   int64_t t0 = bench_now();
-  for (long i = 0; i < n; i++) t = jump_fcontext(t.fctx, NULL);
+  for (long i = 0; i < n; i++)
+    t = jump_fcontext(t.fctx, NULL);
   int64_t t1 = bench_now();
   /* The other context stays suspended in fc_bounce forever; it owns
    * nothing but its stack. */

@@ -42,7 +42,7 @@ static void make_durations(void) {
 /* ---- warden ------------------------------------------------------------- */
 
 static int sleeper(wd_task *self, void *arg) {
-  return wd_sleep(self, (wd_time)*(const int *)arg * WD_MSEC);
+  return wd_sleep(self, (wd_time) * (const int *)arg * WD_MSEC);
 }
 
 typedef struct rounds {
@@ -54,9 +54,8 @@ static int warden_main(wd_task *self, void *arg) {
   for (int round = 0; round < 2; round++) {
     wd_group g;
     int64_t t0 = bench_now();
-    bench_check(
-        wd_group_enter(self, &g, &(wd_group_opts){.name = "sleepers"}),
-        "wd_group_enter");
+    bench_check(wd_group_enter(self, &g, &(wd_group_opts){.name = "sleepers"}),
+                "wd_group_enter");
     for (int i = 0; i < N_SLEEPERS; i++)
       bench_check(wd_spawn(&g, sleeper, &durations_ms[i], NULL), "wd_spawn");
     bench_check(wd_group_exit(self, &g, 0), "wd_group_exit");
@@ -91,9 +90,9 @@ static rounds run_libuv(void) {
     int64_t t0 = bench_now();
     for (int i = 0; i < N_SLEEPERS; i++) {
       uv_timer_init(&loop, &timers[i]);
-      bench_check(uv_timer_start(&timers[i], on_timer,
-                                 (uint64_t)durations_ms[i], 0),
-                  "uv_timer_start");
+      bench_check(
+          uv_timer_start(&timers[i], on_timer, (uint64_t)durations_ms[i], 0),
+          "uv_timer_start");
     }
     /* A timer that fired without repeat is inactive: the loop ends by
      * itself after the last one. */
@@ -126,7 +125,6 @@ int main(void) {
   bench_print("core.timers.vs_libuv", (double)wd[1] / uv[1], 2, "ratio");
   bench_print("core.timers.cold", wd[0] / 1e6, 1, "ms");
   bench_print("core.timers.cold.libuv", uv[0] / 1e6, 1, "ms");
-  bench_print("core.timers.cold.vs_libuv", (double)wd[0] / uv[0], 2,
-              "ratio");
+  bench_print("core.timers.cold.vs_libuv", (double)wd[0] / uv[0], 2, "ratio");
   return 0;
 }

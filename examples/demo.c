@@ -28,8 +28,7 @@ static int do_fetch(wd_task *self, void *arg) {
     return rc;
   }
   if (f->fails_with)
-    return wd_fail(self, f->fails_with, "fetching %s: server said no",
-                   f->name);
+    return wd_fail(self, f->fails_with, "fetching %s: server said no", f->name);
   printf("  %-8s done in %3lld ms\n", f->name, (long long)(f->takes / WD_MSEC));
   return 0;
 }
@@ -65,8 +64,10 @@ static int blocking_task(wd_task *self, void *arg) {
 
 static int demo(wd_task *self, void *arg) {
   (void)arg;
-  fetch round1[] = {{"users", 50 * WD_MSEC, 0}, {"orders", 120 * WD_MSEC, 0},
-                    {"stock", 200 * WD_MSEC, 0}, {"reports", 900 * WD_MSEC, 0},
+  fetch round1[] = {{"users", 50 * WD_MSEC, 0},
+                    {"orders", 120 * WD_MSEC, 0},
+                    {"stock", 200 * WD_MSEC, 0},
+                    {"reports", 900 * WD_MSEC, 0},
                     {"archive", 2 * WD_SEC, 0}};
   printf("round 1: five fetches, deadline 250 ms\n");
   int rc = run_round(self, round1, 5, 250 * WD_MSEC);

@@ -8,7 +8,7 @@ set -eu
 base="cmake make gcc pkg-config libuv1-dev"
 case "${1:-check}" in
   demo) want="$base" ;;
-  check) want="$base libcriterion-dev" ;;
+  check) want="$base libcriterion-dev clang-format" ;;
   bench) want="$base libcriterion-dev libboost-context-dev" ;;
   valgrind) want="$base libcriterion-dev valgrind" ;;
   *) echo "deps.sh: unknown target '$1'" >&2; exit 2 ;;

@@ -20,8 +20,7 @@ static inline int run_virtual(wd_task_fn fn, void *arg) {
 /* Every test ends here: the runtime is gone and so is every block. */
 static inline void assert_no_leaks(void) {
   wd_error_clear(NULL);
-  cr_assert_eq(wd_alloc_live(), 0, "%ld warden blocks leaked",
-               wd_alloc_live());
+  cr_assert_eq(wd_alloc_live(), 0, "%ld warden blocks leaked", wd_alloc_live());
 #if WD_TEST_LSAN
   cr_assert_eq(__lsan_do_recoverable_leak_check(), 0,
                "LeakSanitizer found leaks (report above)");

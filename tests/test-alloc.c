@@ -33,8 +33,8 @@ static int worker(wd_task *self, void *arg) {
 }
 
 typedef struct fault_run {
-  int final_rc;     /* what the root returned */
-  bool bad_error;   /* the root's error was not made of WD_ENOMEM */
+  int final_rc;   /* what the root returned */
+  bool bad_error; /* the root's error was not made of WD_ENOMEM */
   char why[160];
 } fault_run;
 
@@ -85,13 +85,15 @@ Test(alloc, every_allocation_failure_is_a_clean_error_without_leaks) {
     int fired = wd_alloc_failed();
     cr_assert(rc == 0 || rc == WD_ENOMEM || rc == WD_EGROUP,
               "n=%ld: wd_run returned %d (%s)", n, rc, wd_err_name(rc));
-    cr_assert(rc == 0 || fired, "n=%ld: failed with %s but no fault fired",
-              n, wd_err_name(rc));
+    cr_assert(rc == 0 || fired, "n=%ld: failed with %s but no fault fired", n,
+              wd_err_name(rc));
     cr_assert_not(r.bad_error, "n=%ld: group error is not WD_ENOMEM: %s", n,
                   r.why);
     if (r.final_rc != 1)
-      cr_assert_eq(r.final_rc, rc, "n=%ld: wd_run did not return the root's "
-                                   "status", n);
+      cr_assert_eq(r.final_rc, rc,
+                   "n=%ld: wd_run did not return the root's "
+                   "status",
+                   n);
     wd_error_clear(NULL);
     cr_assert_eq(wd_alloc_live(), 0, "n=%ld: %ld blocks leaked", n,
                  wd_alloc_live());

@@ -45,7 +45,8 @@ static int gated_fn(void *arg) {
   pthread_mutex_lock(&g->mu);
   g->started++;
   pthread_cond_broadcast(&g->cv);
-  while (!g->released) pthread_cond_wait(&g->cv, &g->mu);
+  while (!g->released)
+    pthread_cond_wait(&g->cv, &g->mu);
   g->finished++;
   pthread_mutex_unlock(&g->mu);
   return g->result;
@@ -55,7 +56,8 @@ static int gated_fn(void *arg) {
  * need it to start running queued work. */
 static void gate_wait_started(gate *g, int n) {
   pthread_mutex_lock(&g->mu);
-  while (g->started < n) pthread_cond_wait(&g->cv, &g->mu);
+  while (g->started < n)
+    pthread_cond_wait(&g->cv, &g->mu);
   pthread_mutex_unlock(&g->mu);
 }
 
@@ -181,8 +183,10 @@ Test(blocking, wait_policy_cancel_waits_for_fn_and_returns_its_result) {
   canceller c = {.gate = &gt, .policy = WD_BLOCKING_WAIT};
   cr_assert_eq(wd_run(wait_policy_main, &c), 0);
   cr_assert(c.returned);
-  cr_assert_eq(c.rc, 77, "the work happened, so its result is returned "
-                         "(got %d)", c.rc);
+  cr_assert_eq(c.rc, 77,
+               "the work happened, so its result is returned "
+               "(got %d)",
+               c.rc);
   cr_assert_eq(c.next_rc, WD_ECANCELED,
                "the next checkpoint must see the cancel (got %d)", c.next_rc);
   cr_assert_eq(gate_finished(&gt), 1);
@@ -403,7 +407,8 @@ static int many_main(wd_task *self, void *arg) {
 
 Test(blocking, hundred_concurrent_calls_return_their_own_results) {
   slot s[NCALLS];
-  for (int i = 0; i < NCALLS; i++) s[i] = (slot){.in = i, .rc = -1};
+  for (int i = 0; i < NCALLS; i++)
+    s[i] = (slot){.in = i, .rc = -1};
   cr_assert_eq(wd_run(many_main, s), 0);
   for (int i = 0; i < NCALLS; i++)
     cr_assert_eq(s[i].rc, 2 * i + 1, "call %d returned %d", i, s[i].rc);

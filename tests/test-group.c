@@ -223,7 +223,8 @@ static int group_cancel_main(wd_task *self, void *arg) {
   kid *k = arg;
   wd_group g;
   cr_assert_eq(wd_group_enter(self, &g, NULL), 0);
-  for (int i = 0; i < 2; i++) cr_assert_eq(spawn_kid(&g, &k[i], NULL), 0);
+  for (int i = 0; i < 2; i++)
+    cr_assert_eq(spawn_kid(&g, &k[i], NULL), 0);
   cr_assert_eq(wd_sleep(self, WD_SEC), 0);
   wd_group_cancel(&g);
   int rc = wd_yield(self);
@@ -301,7 +302,8 @@ static int enclosing_main(wd_task *self, void *arg) {
   cr_assert_eq(wd_cancel_scope_enter(self, &s, NULL), 0);
   en->scope = &s;
   cr_assert_eq(wd_group_enter(self, &g, NULL), 0);
-  for (int i = 0; i < 2; i++) cr_assert_eq(spawn_kid(&g, &en->k[i], NULL), 0);
+  for (int i = 0; i < 2; i++)
+    cr_assert_eq(spawn_kid(&g, &en->k[i], NULL), 0);
   cr_assert_eq(wd_spawn(&g, scope_canceller, en, NULL), 0);
   en->exit_rc = wd_group_exit(self, &g, 0);
   cr_assert_eq(wd_now(self), WD_SEC);
@@ -427,7 +429,8 @@ static int bounded_cancel_main(wd_task *self, void *arg) {
   kid *k = arg;
   wd_group g;
   cr_assert_eq(wd_group_enter(self, &g, &(wd_group_opts){.max_running = 2}), 0);
-  for (int i = 0; i < 5; i++) cr_assert_eq(spawn_kid(&g, &k[i], NULL), 0);
+  for (int i = 0; i < 5; i++)
+    cr_assert_eq(spawn_kid(&g, &k[i], NULL), 0);
   cr_assert_eq(wd_sleep(self, WD_SEC), 0);
   wd_group_cancel(&g);
   return wd_group_exit(self, &g, 0);
@@ -435,7 +438,8 @@ static int bounded_cancel_main(wd_task *self, void *arg) {
 
 Test(group, pending_tasks_of_a_cancelled_bounded_group_never_start) {
   kid k[5];
-  for (int i = 0; i < 5; i++) k[i] = (kid){.sleep = 10 * WD_SEC};
+  for (int i = 0; i < 5; i++)
+    k[i] = (kid){.sleep = 10 * WD_SEC};
   cr_assert_eq(run_virtual(bounded_cancel_main, k), 0);
   for (int i = 0; i < 2; i++) {
     cr_assert(k[i].started, "kid %d", i);
@@ -525,7 +529,8 @@ static int busy_main(wd_task *self, void *arg) {
   int rc = wd_group_enter(self, &g,
                           &(wd_group_opts){.name = "busy", .max_running = 2});
   if (rc) return rc;
-  for (int i = 0; i < 4 && rc == 0; i++) rc = spawn_kid(&g, &k[i], "kid");
+  for (int i = 0; i < 4 && rc == 0; i++)
+    rc = spawn_kid(&g, &k[i], "kid");
   return wd_group_exit(self, &g, rc);
 }
 
@@ -603,7 +608,8 @@ Test(group, run_tasks_runs_jobs_concurrently_and_gathers_results) {
     cr_assert_eq(jobs[i].h.status, 0, "job %d", i);
     cr_assert_eq(jobs[i].h.result, &vals[i], "job %d", i);
     cr_assert_neq(jobs[i].h.id, 0, "job %d", i);
-    for (int j = 0; j < i; j++) cr_assert_neq(jobs[i].h.id, jobs[j].h.id);
+    for (int j = 0; j < i; j++)
+      cr_assert_neq(jobs[i].h.id, jobs[j].h.id);
   }
   assert_no_leaks();
 }
@@ -835,8 +841,7 @@ Test(group, a_second_concurrent_join_is_ebusy_at_once) {
 static int join_pending_main(wd_task *self, void *arg) {
   kid *k = arg;
   wd_group g;
-  cr_assert_eq(wd_group_enter(self, &g, &(wd_group_opts){.max_running = 1}),
-               0);
+  cr_assert_eq(wd_group_enter(self, &g, &(wd_group_opts){.max_running = 1}), 0);
   cr_assert_eq(spawn_kid(&g, &k[0], "a"), 0);
   cr_assert_eq(spawn_kid(&g, &k[1], "b"), 0);
   cr_assert_neq(k[1].h.id, 0, "a pending task already has its id");

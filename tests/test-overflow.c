@@ -38,7 +38,8 @@ static volatile int keep_diving = 1;
  * call from being a tail call. */
 __attribute__((noinline)) static int dive(int depth) {
   volatile char buf[1024];
-  for (size_t i = 0; i < sizeof buf; i++) buf[i] = (char)depth;
+  for (size_t i = 0; i < sizeof buf; i++)
+    buf[i] = (char)depth;
   if (keep_diving) return dive(depth + 1) + buf[depth % sizeof buf];
   return buf[0];
 }
@@ -57,7 +58,8 @@ __attribute__((noinline)) static int smash(const char *lo) {
   const char *here = __builtin_frame_address(0);
   size_t n = (size_t)(here - lo) + 128;
   volatile char vla[n];
-  for (size_t i = 0; i < n; i++) vla[i] = 0x5a;
+  for (size_t i = 0; i < n; i++)
+    vla[i] = 0x5a;
   return vla[0];
 }
 
@@ -66,7 +68,8 @@ __attribute__((noinline)) static int smash(const char *lo) {
  * stacks buf may not be on this stack at all. */
 __attribute__((noinline)) static int approach(const char *lo, int depth) {
   volatile char buf[1024];
-  for (size_t i = 0; i < sizeof buf; i++) buf[i] = (char)depth;
+  for (size_t i = 0; i < sizeof buf; i++)
+    buf[i] = (char)depth;
   const char *here = __builtin_frame_address(0);
   if (here - lo > 4096) return approach(lo, depth + 1) + buf[0];
   return smash(lo) + buf[0];
@@ -155,8 +158,9 @@ Test(overflow, guard_page_hit_names_the_task_and_kills_by_signal) {
     cr_skip_test("ASAN_OPTIONS has allow_user_segv_handler=0");
   outcome o;
   run_in_child(WD_GUARD_AUTO, &(diver){guard_diver, false}, &o);
-  cr_assert(WIFSIGNALED(o.status), "the child did not die by a signal "
-                                   "(status %#x); stderr:\n%s",
+  cr_assert(WIFSIGNALED(o.status),
+            "the child did not die by a signal "
+            "(status %#x); stderr:\n%s",
             o.status, o.text);
   int sig = WTERMSIG(o.status);
   cr_assert(sig == SIGSEGV || sig == SIGBUS, "died by signal %d; stderr:\n%s",
@@ -167,8 +171,9 @@ Test(overflow, guard_page_hit_names_the_task_and_kills_by_signal) {
 }
 
 static void expect_canary_abort(const outcome *o) {
-  cr_assert(WIFSIGNALED(o->status), "the child did not die by a signal "
-                                    "(status %#x); stderr:\n%s",
+  cr_assert(WIFSIGNALED(o->status),
+            "the child did not die by a signal "
+            "(status %#x); stderr:\n%s",
             o->status, o->text);
   cr_assert_eq(WTERMSIG(o->status), SIGABRT, "died by signal %d; stderr:\n%s",
                WTERMSIG(o->status), o->text);

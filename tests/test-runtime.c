@@ -56,7 +56,8 @@ static int posts_main(wd_task *self, void *arg) {
   /* No callback can run before this park: posts run only when the loop
    * polls, and it does not while this task runs. */
   cr_assert_eq(wd_park(self, &p->w), 0);
-  for (int i = 0; i < POSTERS; i++) pthread_join(th[i], NULL);
+  for (int i = 0; i < POSTERS; i++)
+    pthread_join(th[i], NULL);
   return 0;
 }
 
@@ -109,8 +110,8 @@ static int posted_child(wd_task *self, void *arg) {
 
 static void spawn_cb(wd_runtime *rt, void *arg) {
   spawn_ctx *c = arg;
-  c->spawn_rc = wd_spawn(c->g, posted_child, c,
-                         &(wd_spawn_opts){.name = "from-post"});
+  c->spawn_rc =
+      wd_spawn(c->g, posted_child, c, &(wd_spawn_opts){.name = "from-post"});
 }
 
 static void *spawn_poster(void *arg) {
@@ -176,7 +177,8 @@ static char *line_with(const char *text, const char *needle) {
   const char *hit = strstr(text, needle);
   if (!hit) return NULL;
   const char *bol = hit;
-  while (bol > text && bol[-1] != '\n') bol--;
+  while (bol > text && bol[-1] != '\n')
+    bol--;
   const char *eol = strchr(hit, '\n');
   size_t n = eol ? (size_t)(eol - bol) : strlen(bol);
   return strndup(bol, n);
@@ -212,13 +214,13 @@ Test(runtime, dump_shows_tasks_groups_waits_and_sites) {
   cr_assert_eq(run_virtual(dump_main, &text), 0);
   cr_assert_not_null(text);
   /* The root was created by wd_run(), not here: it is checked below. */
-  const char *names[] = {"'napper-1'", "'napper-2'", "'locker'",
-                         "'first'", "'second'"};
+  const char *names[] = {"'napper-1'", "'napper-2'", "'locker'", "'first'",
+                         "'second'"};
   for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
     char *l = line_with(text, names[i]);
     cr_assert_not_null(l, "no %s in:\n%s", names[i], text);
-    cr_assert_not_null(strstr(l, "test-runtime.c:"),
-                       "no creation site on: %s", l);
+    cr_assert_not_null(strstr(l, "test-runtime.c:"), "no creation site on: %s",
+                       l);
     free(l);
   }
   char *l = line_with(text, "'main'");
@@ -377,7 +379,8 @@ static int stats_main(wd_task *self, void *arg) {
   wd_group_enter(self, &g, NULL);
   /* They outlive the inner group's task, so that exiting the inner group
    * leaves them alive. */
-  for (int i = 0; i < 3; i++) wd_spawn(&g, parked_longer, NULL, NULL);
+  for (int i = 0; i < 3; i++)
+    wd_spawn(&g, parked_longer, NULL, NULL);
   wd_group_enter(self, &inner, NULL);
   wd_spawn(&inner, parked, NULL, NULL);
   wd_runtime_stats_get(rt, &st);
@@ -461,7 +464,8 @@ static int inherit_main(wd_task *self, void *arg) {
 Test(runtime, locals_are_inherited_at_spawn) {
   seen s[3] = {{0}};
   cr_assert_eq(run_virtual(inherit_main, s), 0);
-  for (int i = 0; i < 3; i++) cr_assert(s[i].ran, "reader %d did not run", i);
+  for (int i = 0; i < 3; i++)
+    cr_assert(s[i].ran, "reader %d did not run", i);
   cr_assert_eq(s[0].value, &va);
   cr_assert_eq(s[1].value, &vb);
   cr_assert_eq(s[2].value, &vb, "a pending spawn saw a later value");

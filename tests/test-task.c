@@ -78,16 +78,20 @@ static int sleep_main(wd_task *self, void *arg) {
   sleeper *s = arg;
   wd_group g;
   wd_group_enter(self, &g, NULL);
-  for (int i = 0; i < 5; i++) wd_spawn(&g, sleep_task, &s[i], NULL);
+  for (int i = 0; i < 5; i++)
+    wd_spawn(&g, sleep_task, &s[i], NULL);
   return wd_group_exit(self, &g, 0);
 }
 
 Test(task, sleeps_wake_in_deadline_order_exactly_on_virtual_clock) {
   int counter = 0;
-  sleeper s[5] = {{.dur = 50 * WD_MSEC}, {.dur = 10 * WD_MSEC},
-                  {.dur = 30 * WD_MSEC}, {.dur = 10 * WD_MSEC},
+  sleeper s[5] = {{.dur = 50 * WD_MSEC},
+                  {.dur = 10 * WD_MSEC},
+                  {.dur = 30 * WD_MSEC},
+                  {.dur = 10 * WD_MSEC},
                   {.dur = 0}};
-  for (int i = 0; i < 5; i++) s[i].counter = &counter;
+  for (int i = 0; i < 5; i++)
+    s[i].counter = &counter;
   cr_assert_eq(run_virtual(sleep_main, s), 0);
   int expect_order[5] = {4, 1, 3, 2, 0};
   for (int i = 0; i < 5; i++) {
@@ -176,9 +180,9 @@ static int bad_args_main(wd_task *self, void *arg) {
   wd_group g;
   wd_group_enter(self, &g, NULL);
   cr_assert_eq(wd_spawn(&g, NULL, NULL, NULL), WD_EINVAL);
-  cr_assert_eq(wd_spawn(&g, count_task, NULL,
-                        &(wd_spawn_opts){.stack_size = 100}),
-               WD_EINVAL);
+  cr_assert_eq(
+      wd_spawn(&g, count_task, NULL, &(wd_spawn_opts){.stack_size = 100}),
+      WD_EINVAL);
   cr_assert_not_null(strstr(wd_task_error(self)->msg, "stack size"));
   cr_assert_eq(wd_group_exit(self, &g, 0), 0);
   int n = 0;
@@ -192,8 +196,7 @@ Test(task, bad_arguments_return_clear_errors) {
   cr_assert_eq(wd_run(NULL, NULL), WD_EINVAL);
   cr_assert_eq(wd_run_with(&(wd_runtime_opts){.clock = 7}, ids_main, NULL),
                WD_EINVAL);
-  cr_assert_eq(wd_run_with(&(wd_runtime_opts){.stack_size = 1}, ids_main,
-                           NULL),
+  cr_assert_eq(wd_run_with(&(wd_runtime_opts){.stack_size = 1}, ids_main, NULL),
                WD_EINVAL);
   assert_no_leaks();
 }
@@ -269,7 +272,8 @@ Test(task, timer_heap_keeps_order_under_random_cancels) {
   for (int i = 0; i < N_STRESS; i++) {
     x ^= x << 13, x ^= x >> 7, x ^= x << 17;
     s.t[i].dur = (wd_time)(x % 200) * 5 * WD_MSEC; /* many equal */
-    if (x % 7 == 0) s.t[i].cancel_at = (wd_time)((x >> 8) % 999 + 1) * WD_MSEC + 1;
+    if (x % 7 == 0)
+      s.t[i].cancel_at = (wd_time)((x >> 8) % 999 + 1) * WD_MSEC + 1;
   }
   cr_assert_eq(run_virtual(stress_main, &s), 0);
   for (int i = 0; i < N_STRESS; i++) {

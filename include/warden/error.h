@@ -24,21 +24,21 @@ extern "C" {
 /* X(name, value, message).  The OS-backed codes come first; warden's own
  * codes follow in their own range.  This one table generates the enum,
  * wd_strerror() and wd_err_name(). */
-#define WD_ERRNO_MAP(X)                                                       \
-  X(ECANCELED, -ECANCELED, "operation canceled")                              \
-  X(ETIMEDOUT, -ETIMEDOUT, "deadline exceeded")                               \
-  X(ENOMEM, -ENOMEM, "out of memory")                                         \
-  X(EINVAL, -EINVAL, "invalid argument")                                      \
-  X(EAGAIN, -EAGAIN, "resource temporarily unavailable")                      \
-  X(EPERM, -EPERM, "operation not permitted")                                 \
-  X(EDEADLK, -EDEADLK, "deadlock would occur")                                \
-  X(EBUSY, -EBUSY, "resource busy")                                           \
-  X(ENOSYS, -ENOSYS, "not supported")                                         \
-  X(ECLOSED, WD_ERRBASE - 1, "object is closed")                              \
-  X(EGROUP, WD_ERRBASE - 2, "one or more tasks of a group failed")            \
-  X(EINIT, WD_ERRBASE - 3, "initialisation failed")                           \
-  X(ECIRCUITOPEN, WD_ERRBASE - 4, "circuit breaker is open")                  \
-  X(ENOTASK, WD_ERRBASE - 5, "not called from a warden task")                 \
+#define WD_ERRNO_MAP(X)                                                        \
+  X(ECANCELED, -ECANCELED, "operation canceled")                               \
+  X(ETIMEDOUT, -ETIMEDOUT, "deadline exceeded")                                \
+  X(ENOMEM, -ENOMEM, "out of memory")                                          \
+  X(EINVAL, -EINVAL, "invalid argument")                                       \
+  X(EAGAIN, -EAGAIN, "resource temporarily unavailable")                       \
+  X(EPERM, -EPERM, "operation not permitted")                                  \
+  X(EDEADLK, -EDEADLK, "deadlock would occur")                                 \
+  X(EBUSY, -EBUSY, "resource busy")                                            \
+  X(ENOSYS, -ENOSYS, "not supported")                                          \
+  X(ECLOSED, WD_ERRBASE - 1, "object is closed")                               \
+  X(EGROUP, WD_ERRBASE - 2, "one or more tasks of a group failed")             \
+  X(EINIT, WD_ERRBASE - 3, "initialisation failed")                            \
+  X(ECIRCUITOPEN, WD_ERRBASE - 4, "circuit breaker is open")                   \
+  X(ENOTASK, WD_ERRBASE - 5, "not called from a warden task")                  \
   X(EABANDONED, WD_ERRBASE - 6, "work abandoned by its caller")
 
 typedef enum wd_errno {
@@ -65,16 +65,16 @@ static inline int wd_is_cancel(int code) {
  * wd_task_error()); valid until that task records or clears its next error. */
 typedef struct wd_error {
   int code;
-  const char *msg;          /* never NULL */
-  const char *file;         /* origin, may be NULL */
+  const char *msg;  /* never NULL */
+  const char *file; /* origin, may be NULL */
   int line;
-  uint64_t task_id;         /* the task that failed, for group children */
+  uint64_t task_id; /* the task that failed, for group children */
   char task_name[WD_TASK_NAME_MAX];
-  struct wd_error *cause;   /* what led to this error, or NULL */
+  struct wd_error *cause;     /* what led to this error, or NULL */
   struct wd_error **children; /* for WD_EGROUP: each failed child */
   size_t nchildren;
-  size_t nsecondary;        /* cleanup errors counted while this one stood */
-  char *owned_msg_;         /* private */
+  size_t nsecondary; /* cleanup errors counted while this one stood */
+  char *owned_msg_;  /* private */
 } wd_error;
 
 typedef struct wd_task wd_task;
@@ -84,20 +84,18 @@ typedef struct wd_task wd_task;
  * `return wd_fail(self, WD_EINVAL, "pool '%s': max_size is 0", name);`.
  * A message that cannot be allocated falls back to wd_strerror(code).
  * Checkpoint: no. */
-#define wd_fail(self, code, ...)                                              \
+#define wd_fail(self, code, ...)                                               \
   wd_error_set_((self), __FILE__, __LINE__, (code), __VA_ARGS__)
 
 /* Like wd_fail(), but the error recorded so far becomes the new error's
  * cause: `return wd_wrap(self, rc, "loading config '%s'", path);`. */
-#define wd_wrap(self, code, ...)                                              \
+#define wd_wrap(self, code, ...)                                               \
   wd_error_wrap_((self), __FILE__, __LINE__, (code), __VA_ARGS__)
 
 int wd_error_set_(wd_task *self, const char *file, int line, int code,
-                  const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
+                  const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 int wd_error_wrap_(wd_task *self, const char *file, int line, int code,
-                   const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
+                   const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
 /* The last error recorded by task (NULL for none).  Borrowed. */
 const wd_error *wd_task_error(const wd_task *task);

@@ -24,11 +24,11 @@ extern "C" {
 #endif
 
 typedef struct wd_group_opts {
-  const char *name;    /* copied; shown in dumps and errors */
-  bool supervisor;     /* failures do not cancel siblings */
+  const char *name;     /* copied; shown in dumps and errors */
+  bool supervisor;      /* failures do not cancel siblings */
   unsigned max_running; /* at most this many tasks run at once; 0 = no cap.
-                        * Tasks spawned beyond it wait, unstarted, in FIFO
-                        * order. */
+                         * Tasks spawned beyond it wait, unstarted, in FIFO
+                         * order. */
 } wd_group_opts;
 
 typedef struct wd_group {
@@ -56,7 +56,7 @@ typedef struct wd_group {
  * reports, naming the task and the group's creation site, and aborts on:
  * the group's memory went with the returning frame.
  * Checkpoint: no.  Returns 0, WD_EINVAL (NULL self or g) or WD_ENOMEM. */
-#define wd_group_enter(self, g, ...)                                          \
+#define wd_group_enter(self, g, ...)                                           \
   wd_group_enter_((self), (g), (__VA_ARGS__), __FILE__, __LINE__)
 int wd_group_enter_(wd_task *self, wd_group *g, const wd_group_opts *opts,
                     const char *file, int line);
@@ -75,7 +75,7 @@ typedef struct wd_spawn_opts {
  * Tasks of g may spawn siblings while the owner waits in wd_group_exit().
  * Returns 0, WD_EINVAL (NULL g or fn, stack size out of range), WD_ECLOSED
  * (g was exited), WD_ENOMEM (nothing was started). */
-#define wd_spawn(g, fn, arg, ...)                                             \
+#define wd_spawn(g, fn, arg, ...)                                              \
   wd_spawn_((g), (fn), (arg), (__VA_ARGS__), __FILE__, __LINE__)
 int wd_spawn_(wd_group *g, wd_task_fn fn, void *arg, const wd_spawn_opts *opts,
               const char *file, int line);

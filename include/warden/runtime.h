@@ -39,8 +39,8 @@ typedef enum wd_guard_mode {
 /* Options for wd_run_with(); all zero means the defaults. */
 typedef struct wd_runtime_opts {
   wd_clock_mode clock;
-  size_t stack_size;   /* default task stack; 0 = WD_STACK_DEFAULT */
-  wd_guard_mode guard; /* how stacks are protected against overflow */
+  size_t stack_size;     /* default task stack; 0 = WD_STACK_DEFAULT */
+  wd_guard_mode guard;   /* how stacks are protected against overflow */
   const char *root_name; /* name of the root task; default "main" */
 } wd_runtime_opts;
 

@@ -36,7 +36,7 @@ typedef struct wd_handle {
  * Fill `what`, `name` (shown by wd_dump: "waits on lock 'accounts'") and
  * `on_cancel` before wd_park(). */
 typedef struct wd_wait {
-  wd_task *task;   /* set by wd_park() */
+  wd_task *task;    /* set by wd_park() */
   const char *what; /* static: "lock", "sleep", "event"... */
   const char *name; /* the object's name, borrowed, may be NULL */
   /* Called when the parked task is cancelled: unlink the wait from the

@@ -81,8 +81,7 @@ int wd_blocking(wd_task *self, int (*fn)(void *arg), void *arg,
   rc = uv_queue_work(&rt->loop, &w->req, work_cb, after_cb);
   if (rc) {
     wd__free(w);
-    return wd_fail(self, rc, "wd_blocking: uv_queue_work: %s",
-                   wd_strerror(rc));
+    return wd_fail(self, rc, "wd_blocking: uv_queue_work: %s", wd_strerror(rc));
   }
   wd__list_push_back(&rt->blocking, &w->link);
   rt->nblocking++;

@@ -112,8 +112,9 @@ static void apply_deadline(wd_cancel_scope *s) {
 
 int wd_cancel_scope_enter(wd_task *self, wd_cancel_scope *s,
                           const wd_cancel_opts *opts) {
-  if (!self || !s) return wd_fail(self, WD_EINVAL, "cancel scope: NULL %s",
-                                  !self ? "task" : "scope");
+  if (!self || !s)
+    return wd_fail(self, WD_EINVAL, "cancel scope: NULL %s",
+                   !self ? "task" : "scope");
   wd_cancel_opts o = opts ? *opts : (wd_cancel_opts){0};
   if (o.timeout < 0 || o.deadline < 0)
     return wd_fail(self, WD_EINVAL, "cancel scope: negative %s %lld ns",
@@ -131,8 +132,8 @@ int wd_cancel_scope_enter(wd_task *self, wd_cancel_scope *s,
     s->deadline_ = o.deadline;
     s->timeout_ = o.deadline - now;
   } else if (o.timeout) {
-    s->deadline_ = o.timeout > WD_TIME_NEVER - now ? WD_TIME_NEVER
-                                                   : now + o.timeout;
+    s->deadline_ =
+        o.timeout > WD_TIME_NEVER - now ? WD_TIME_NEVER : now + o.timeout;
     s->timeout_ = o.timeout;
   }
   link_scope(self, s, self->scope);
@@ -151,18 +152,18 @@ static void unlink_scope(wd_task *self, wd_cancel_scope *s) {
 
 int wd_cancel_scope_exit(wd_task *self, wd_cancel_scope *s, int rc) {
   if (!self || !s || !s->entered_ || s->owner_ != self)
-    return wd_fail(self, WD_EINVAL, "cancel scope exit: scope not entered "
-                                    "by this task");
+    return wd_fail(self, WD_EINVAL,
+                   "cancel scope exit: scope not entered "
+                   "by this task");
   if (self->scope != s)
     return wd_fail(self, WD_EINVAL,
                    "cancel scope exit: an inner scope or group is still "
                    "open (exit them in reverse order)");
   unlink_scope(self, s);
-  if (!s->cancel_rc_ || !wd_is_cancel(rc) || wd__cancel_status(self))
-    return rc;
+  if (!s->cancel_rc_ || !wd_is_cancel(rc) || wd__cancel_status(self)) return rc;
   if (s->fail_ && s->cancel_rc_ == WD_ETIMEDOUT)
-    return wd_fail(self, WD_ETIMEDOUT, "%s: timed out after %.3f s",
-                   s->what_, (double)s->timeout_ / (double)WD_SEC);
+    return wd_fail(self, WD_ETIMEDOUT, "%s: timed out after %.3f s", s->what_,
+                   (double)s->timeout_ / (double)WD_SEC);
   return 0;
 }
 

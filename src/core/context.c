@@ -54,11 +54,11 @@ void wd__ctx_make(wd__ctx *ctx, void *lo, void *hi, void (*fn)(void *),
   *--sp = (void *)wd__ctx_entry;
   *--sp = NULL; /* rbp */
 #elif defined(__aarch64__)
-  sp -= 22;                        /* the 176-byte frame of wd__ctx_swap */
+  sp -= 22; /* the 176-byte frame of wd__ctx_swap */
   memset(sp, 0, 22 * sizeof(void *));
-  sp[0] = (void *)fn;              /* x19 */
-  sp[1] = arg;                     /* x20 */
-  sp[11] = (void *)wd__ctx_entry;  /* x30 */
+  sp[0] = (void *)fn;             /* x19 */
+  sp[1] = arg;                    /* x20 */
+  sp[11] = (void *)wd__ctx_entry; /* x30 */
 #else
 #error "no assembly context switch for this architecture: use ucontext"
 #endif

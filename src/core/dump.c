@@ -26,8 +26,7 @@ static void dump_group(wd_runtime *rt, FILE *out, wd_group *g, int depth) {
   if (g->scope.cancel_rc_) fprintf(out, ", cancelled (%s)", g->scope.why_);
   if (g->nfailed_) fprintf(out, ", %zu failed", g->nfailed_);
   fprintf(out, ", created %s:%d, age %.3f s\n", wd__basename(g->file_),
-          g->line_,
-          secs_ms(now - (uint64_t)g->created_));
+          g->line_, secs_ms(now - (uint64_t)g->created_));
   /* The group's tasks are the children of its scope that are task root
    * scopes (the others are scopes the owner entered inside the group). */
   wd__list_each(it, &g->scope.children_) {
@@ -57,21 +56,22 @@ static void dump_wait(wd_runtime *rt, FILE *out, wd_task *t) {
 
 static void dump_task(wd_runtime *rt, FILE *out, wd_task *t, int depth) {
   uint64_t now = wd__loop_ms(rt);
-  fprintf(out, "%*stask %llu '%s': ", depth * 2, "",
-          (unsigned long long)t->id, wd_task_name(t));
+  fprintf(out, "%*stask %llu '%s': ", depth * 2, "", (unsigned long long)t->id,
+          wd_task_name(t));
   if (t->state == WD__BLOCKED)
     dump_wait(rt, out, t);
   else
     fputs(wd__state_name(t->state), out);
   int crc = wd__cancel_status(t);
-  if (crc) fprintf(out, ", %s", crc == WD_ETIMEDOUT ? "timed out" : "cancelled");
+  if (crc)
+    fprintf(out, ", %s", crc == WD_ETIMEDOUT ? "timed out" : "cancelled");
   if (t->is_root)
     fprintf(out, ", root, age %.3f s\n", secs_ms(now - t->created_ms));
   else
     fprintf(out, ", created %s:%d, age %.3f s\n", wd__basename(t->file),
             t->line, secs_ms(now - t->created_ms));
   wd__list_each(it, &t->groups)
-    dump_group(rt, out, wd__container_of(it, wd_group, link_), depth + 1);
+      dump_group(rt, out, wd__container_of(it, wd_group, link_), depth + 1);
 }
 
 void wd_dump(FILE *out) {

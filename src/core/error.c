@@ -29,8 +29,8 @@ const char *wd_strerror(int code) {
   switch (code) {
   case 0:
     return "success";
-#define WD_ERR_STR_(name, value, msg)                                         \
-  case value:                                                                 \
+#define WD_ERR_STR_(name, value, msg)                                          \
+  case value:                                                                  \
     return msg;
     WD_ERRNO_MAP(WD_ERR_STR_)
 #undef WD_ERR_STR_
@@ -39,7 +39,8 @@ const char *wd_strerror(int code) {
    * _r variant writes into our buffer instead. */
   static _Thread_local char buf[96];
   uv_err_name_r(code, buf, sizeof buf);
-  if (strncmp(buf, "Unknown", 7) != 0) return uv_strerror_r(code, buf, sizeof buf);
+  if (strncmp(buf, "Unknown", 7) != 0)
+    return uv_strerror_r(code, buf, sizeof buf);
   if (code < 0 && code > -4096) return strerror_r(-code, buf, sizeof buf);
   snprintf(buf, sizeof buf, "unknown error %d", code);
   return buf;
@@ -49,8 +50,8 @@ const char *wd_err_name(int code) {
   switch (code) {
   case 0:
     return "OK";
-#define WD_ERR_NAME_(name, value, msg)                                        \
-  case value:                                                                 \
+#define WD_ERR_NAME_(name, value, msg)                                         \
+  case value:                                                                  \
     return "WD_" #name;
     WD_ERRNO_MAP(WD_ERR_NAME_)
 #undef WD_ERR_NAME_
@@ -62,7 +63,8 @@ const char *wd_err_name(int code) {
 void wd__error_free(wd_error *e) {
   while (e && e != &fallback) {
     wd_error *cause = e->cause;
-    for (size_t i = 0; i < e->nchildren; i++) wd__error_free(e->children[i]);
+    for (size_t i = 0; i < e->nchildren; i++)
+      wd__error_free(e->children[i]);
     wd__free(e->children);
     wd__free(e->owned_msg_);
     wd__free(e);

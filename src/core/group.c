@@ -105,16 +105,18 @@ int wd_spawn_(wd_group *g, wd_task_fn fn, void *arg, const wd_spawn_opts *opts,
     return wd_fail(self, WD_ECLOSED, "wd_spawn: group '%s' is closed",
                    g->name_);
   wd_spawn_opts o = opts ? *opts : (wd_spawn_opts){0};
-  if (o.stack_size && (o.stack_size < WD_STACK_MIN ||
-                       o.stack_size > WD_STACK_MAX))
+  if (o.stack_size &&
+      (o.stack_size < WD_STACK_MIN || o.stack_size > WD_STACK_MAX))
     return wd_fail(self, WD_EINVAL,
-                   "wd_spawn: stack size %zu outside [%zu, %zu]",
-                   o.stack_size, WD_STACK_MIN, WD_STACK_MAX);
+                   "wd_spawn: stack size %zu outside [%zu, %zu]", o.stack_size,
+                   WD_STACK_MIN, WD_STACK_MAX);
   wd__local *locals = self ? self->locals : NULL;
   if (g->max_running_ && g->nrunning_ >= g->max_running_) {
     int rc = queue_pending(g, fn, arg, &o, file, line, locals);
-    return rc ? wd_fail(self, rc, "wd_spawn: no memory to queue a task "
-                                  "in group '%s'", g->name_)
+    return rc ? wd_fail(self, rc,
+                        "wd_spawn: no memory to queue a task "
+                        "in group '%s'",
+                        g->name_)
               : 0;
   }
   handle_reset(o.handle, 0);
@@ -123,8 +125,10 @@ int wd_spawn_(wd_group *g, wd_task_fn fn, void *arg, const wd_spawn_opts *opts,
   if (rc) {
     wd__local_unref(locals);
     handle_finish(o.handle, rc);
-    return wd_fail(self, rc, "wd_spawn: no memory for a task stack in "
-                             "group '%s'", g->name_);
+    return wd_fail(self, rc,
+                   "wd_spawn: no memory for a task stack in "
+                   "group '%s'",
+                   g->name_);
   }
   g->nlive_++;
   g->nspawned_++;
@@ -164,8 +168,8 @@ static void drop_pending(wd_group *g, wd__pending *p, int rc) {
   if (rc == WD_ECANCELED) {
     g->ncancelled_++;
   } else {
-    wd_error *e = wd__error_new(rc, p->file, p->line,
-                                "task could not be started");
+    wd_error *e =
+        wd__error_new(rc, p->file, p->line, "task could not be started");
     if (e) {
       e->task_id = p->id;
       snprintf(e->task_name, sizeof e->task_name, "%s", p->name);
@@ -180,8 +184,7 @@ static void drop_pending(wd_group *g, wd__pending *p, int rc) {
 /* Start (or, in a cancelled group, drop) pending spawns while the cap
  * allows. */
 static void start_pending(wd_group *g) {
-  while (g->npending_ &&
-         (!g->max_running_ || g->nrunning_ < g->max_running_)) {
+  while (g->npending_ && (!g->max_running_ || g->nrunning_ < g->max_running_)) {
     wd__pending *p =
         wd__container_of(wd__list_pop_front(&g->pending_), wd__pending, link);
     g->npending_--;
@@ -213,8 +216,8 @@ void wd__pending_cancel(wd_handle *h) {
 static wd_error *failure_of(wd_task *t, int status) {
   wd_error *e = wd__error_take(t);
   if (!e || e->code != status) {
-    wd_error *n = wd__error_new(status, t->file, t->line, "%s",
-                                wd_strerror(status));
+    wd_error *n =
+        wd__error_new(status, t->file, t->line, "%s", wd_strerror(status));
     if (!n) {
       wd__error_free(e);
       return NULL;
@@ -246,11 +249,10 @@ void wd__group_task_done(wd_group *g, wd_task *t, int status) {
 static int group_result(wd_task *self, wd_group *g, int rc, bool body_failed) {
   if (g->nfailed_) {
     size_t n = g->nerrors_ + (body_failed ? 1 : 0);
-    wd_error *e = wd__error_new(WD_EGROUP, g->file_, g->line_,
-                                "group '%s': %zu of %zu task%s failed%s",
-                                g->name_, g->nfailed_, g->nspawned_,
-                                g->nspawned_ == 1 ? "" : "s",
-                                body_failed ? ", and its body" : "");
+    wd_error *e = wd__error_new(
+        WD_EGROUP, g->file_, g->line_, "group '%s': %zu of %zu task%s failed%s",
+        g->name_, g->nfailed_, g->nspawned_, g->nspawned_ == 1 ? "" : "s",
+        body_failed ? ", and its body" : "");
     wd_error **kids = e ? wd__calloc(n ? n : 1, sizeof *kids) : NULL;
     if (e && kids) {
       size_t k = 0;
@@ -259,7 +261,8 @@ static int group_result(wd_task *self, wd_group *g, int rc, bool body_failed) {
         if (!b) b = wd__error_new(rc, NULL, 0, "%s", wd_strerror(rc));
         if (b) kids[k++] = b;
       }
-      for (size_t i = 0; i < g->nerrors_; i++) kids[k++] = g->errors_[i];
+      for (size_t i = 0; i < g->nerrors_; i++)
+        kids[k++] = g->errors_[i];
       e->children = kids;
       e->nchildren = k;
       g->nerrors_ = 0;
@@ -296,7 +299,8 @@ int wd_group_exit(wd_task *self, wd_group *g, int rc) {
   self->rt->ngroups--;
   wd_cancel_scope_exit(self, &g->scope, 0);
   int res = group_result(self, g, rc, body_failed);
-  for (size_t i = 0; i < g->nerrors_; i++) wd__error_free(g->errors_[i]);
+  for (size_t i = 0; i < g->nerrors_; i++)
+    wd__error_free(g->errors_[i]);
   wd__free(g->errors_);
   g->errors_ = NULL;
   g->nerrors_ = g->caperrors_ = 0;

@@ -93,10 +93,10 @@ static inline void wd__ctx_switch(wd__ctx *from, wd__ctx *to) {
                    : "+D"(save), "+S"(load)
                    :
                    : "rax", "rbx", "rcx", "rdx", "r8", "r9", "r10", "r11",
-                     "r12", "r13", "r14", "r15", "xmm0", "xmm1", "xmm2",
-                     "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
-                     "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15",
-                     "memory", "cc");
+                     "r12", "r13", "r14", "r15", "xmm0", "xmm1", "xmm2", "xmm3",
+                     "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
+                     "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "memory",
+                     "cc");
 }
 #else
 void wd__ctx_swap(void **save_sp, void *load_sp);
@@ -131,8 +131,8 @@ typedef struct wd__timers {
 #define WD__CANARY 0x57415244454e2121ull /* "WARDEN!!" */
 
 typedef struct wd__stack {
-  char *lo, *hi;           /* usable range; frames grow down from hi */
-  uint64_t *canary;        /* checked at every switch away */
+  char *lo, *hi;    /* usable range; frames grow down from hi */
+  uint64_t *canary; /* checked at every switch away */
   struct wd__stack_pool *pool;
   bool guarded;
 } wd__stack;
@@ -167,7 +167,7 @@ typedef struct wd__local wd__local;
 struct wd_task {
   wd__ctx ctx;
   wd_runtime *rt;
-  wd_link runq;          /* run queue */
+  wd_link runq; /* run queue */
   uint32_t magic;
   uint8_t state;
   bool is_root, is_sched;
@@ -176,16 +176,16 @@ struct wd_task {
   wd_task_fn fn;
   void *arg;
   void *result;
-  wd_group *group;       /* NULL for the root */
-  wd_link groups;        /* groups this task owns and has not exited */
+  wd_group *group; /* NULL for the root */
+  wd_link groups;  /* groups this task owns and has not exited */
   wd_cancel_scope root_scope;
   wd_cancel_scope *scope; /* innermost */
   uint64_t cancel_epoch;  /* cancel_rc is valid while it equals rt's */
   int cancel_rc;
   wd_handle *handle;
-  wd_wait *wait;          /* while blocked */
+  wd_wait *wait; /* while blocked */
   wd_timer_node sleep;
-  uint64_t blocked_ms;    /* loop time when it blocked, for dumps */
+  uint64_t blocked_ms; /* loop time when it blocked, for dumps */
   wd_error *err;
   wd__local *locals;
   const char *file;
@@ -228,8 +228,8 @@ struct wd_runtime {
   wd_link runq;
   unsigned budget;
   wd_task *current;
-  wd_task sched;          /* the thread's own stack, running the loop */
-  wd_task *zombie;        /* ended task whose stack awaits release */
+  wd_task sched;   /* the thread's own stack, running the loop */
+  wd_task *zombie; /* ended task whose stack awaits release */
   wd_task *root;
   int root_status;
   wd__timers timers;
@@ -239,11 +239,11 @@ struct wd_runtime {
   uint64_t next_id;
   size_t ntasks, ngroups;
   size_t nblocking, nabandoned;
-  wd_link blocking;       /* blocking calls in flight, for dumps */
+  wd_link blocking; /* blocking calls in flight, for dumps */
   uint64_t switches;
   size_t default_stack;
   wd_guard_mode guard;
-  wd__stack_pool *pools;  /* one per stack size class */
+  wd__stack_pool *pools; /* one per stack size class */
   pthread_mutex_t post_mu;
   wd__post *post_head, *post_tail;
   bool post_closed;
@@ -256,7 +256,8 @@ struct wd_runtime {
 /* The runtime of this thread.  initial-exec: the library is built as
  * position-independent code, and the default model would make every access
  * a call to __tls_get_addr. */
-extern _Thread_local wd_runtime *wd__rt __attribute__((tls_model("initial-exec")));
+extern _Thread_local wd_runtime *wd__rt
+    __attribute__((tls_model("initial-exec")));
 
 /* The root scope of a task starts here. */
 void wd__scope_init_root(wd_task *t, wd_cancel_scope *parent);
@@ -287,8 +288,7 @@ void wd__timer_disarm(wd_runtime *rt, wd_timer_node *n);
 /* Reserve room for one more armed timer (WD_ENOMEM), or give it back. */
 int wd__timers_grow(wd_runtime *rt);
 static inline int wd__timers_reserve(wd_runtime *rt) {
-  if (WD_UNLIKELY(rt->timers.reserved == rt->timers.cap) &&
-      wd__timers_grow(rt))
+  if (WD_UNLIKELY(rt->timers.reserved == rt->timers.cap) && wd__timers_grow(rt))
     return WD_ENOMEM;
   rt->timers.reserved++;
   return 0;

@@ -26,15 +26,18 @@ typedef struct msgbuf {
 } msgbuf;
 
 static void put(msgbuf *m, const char *s) {
-  while (*s && m->n < sizeof m->b - 1) m->b[m->n++] = *s++;
+  while (*s && m->n < sizeof m->b - 1)
+    m->b[m->n++] = *s++;
 }
 
 static void put_u(msgbuf *m, unsigned long long v) {
   char d[24];
   int i = 0;
-  do d[i++] = (char)('0' + v % 10);
+  do
+    d[i++] = (char)('0' + v % 10);
   while ((v /= 10) && i < 24);
-  while (i && m->n < sizeof m->b - 1) m->b[m->n++] = d[--i];
+  while (i && m->n < sizeof m->b - 1)
+    m->b[m->n++] = d[--i];
 }
 
 static void put_task(msgbuf *m, const wd_task *t, size_t stack_bytes) {
@@ -81,8 +84,8 @@ static void chain(int sig, siginfo_t *si, void *uc) {
 static void on_fault(int sig, siginfo_t *si, void *uc) {
   char *addr = si->si_addr;
   for (int i = 0; i < WD__ARENA_TAB; i++) {
-    char *base = atomic_load_explicit(&wd__arena_tab[i].base,
-                                      memory_order_acquire);
+    char *base =
+        atomic_load_explicit(&wd__arena_tab[i].base, memory_order_acquire);
     if (!base || base == (char *)1) continue;
     size_t len = wd__arena_tab[i].len, slot = wd__arena_tab[i].slot;
     if (addr < base || addr >= base + len) continue;

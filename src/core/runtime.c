@@ -209,7 +209,8 @@ static void runtime_fini(wd_runtime *rt) {
   rt->post_closed = true;
   pthread_mutex_unlock(&rt->post_mu);
   run_posts(rt);
-  while (rt->nblocking > 0) uv_run(&rt->loop, UV_RUN_ONCE);
+  while (rt->nblocking > 0)
+    uv_run(&rt->loop, UV_RUN_ONCE);
   uv_close((uv_handle_t *)&rt->timer, NULL);
   uv_close((uv_handle_t *)&rt->async, NULL);
   uv_run(&rt->loop, UV_RUN_DEFAULT);
@@ -226,8 +227,9 @@ int wd_run_with(const wd_runtime_opts *opts, wd_task_fn main, void *arg) {
        (o.stack_size < WD_STACK_MIN || o.stack_size > WD_STACK_MAX)))
     return wd_fail(NULL, WD_EINVAL, "wd_run: option out of range");
   if (wd__rt)
-    return wd_fail(NULL, WD_EBUSY, "wd_run: this thread already runs a "
-                                   "runtime");
+    return wd_fail(NULL, WD_EBUSY,
+                   "wd_run: this thread already runs a "
+                   "runtime");
   wd_runtime *rt = wd__calloc(1, sizeof *rt);
   if (!rt) return wd_fail(NULL, WD_ENOMEM, "wd_run: no memory");
   int rc = runtime_init(rt, &o);
@@ -241,8 +243,8 @@ int wd_run_with(const wd_runtime_opts *opts, wd_task_fn main, void *arg) {
   if (!rc) {
     wd__overflow_install(rt);
     rc = wd__task_spawn(NULL, main, arg, NULL, 0,
-                        o.root_name ? o.root_name : "main", __FILE__,
-                        __LINE__, NULL, 0);
+                        o.root_name ? o.root_name : "main", __FILE__, __LINE__,
+                        NULL, 0);
   }
   if (rc) {
     runtime_fini(rt);

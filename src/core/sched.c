@@ -33,7 +33,6 @@ wd_time wd_now(const wd_task *self) {
   return rt ? wd__now(rt) : 0;
 }
 
-
 static void reap(wd_runtime *rt) {
   wd_task *z = rt->zombie;
   rt->zombie = NULL;
@@ -51,9 +50,9 @@ static inline void switch_to(wd_runtime *rt, wd_task *from, wd_task *to) {
   to->state = WD__RUNNING;
   rt->switches++;
 #if WD_ASAN
-  __sanitizer_start_switch_fiber(
-      from->state == WD__DONE ? NULL : &from->asan_fake, to->asan_lo,
-      to->asan_size);
+  __sanitizer_start_switch_fiber(from->state == WD__DONE ? NULL
+                                                         : &from->asan_fake,
+                                 to->asan_lo, to->asan_size);
 #endif
   wd__ctx_switch(&from->ctx, &to->ctx);
 #if WD_ASAN

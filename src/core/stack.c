@@ -59,7 +59,7 @@ struct wd__stack_pool {
   wd__arena *arenas; /* newest first */
   free_node hot;     /* sentinel: most recently freed first */
   size_t nhot;
-  free_node *cold;   /* pages below the top one given back */
+  free_node *cold; /* pages below the top one given back */
   size_t ncold;
   size_t next_nslots;
 };
@@ -176,7 +176,8 @@ void wd__stacks_deinit(wd_runtime *rt) {
 
 static wd__arena *arena_new(wd_runtime *rt, wd__stack_pool *p) {
   size_t n = p->next_nslots;
-  while (n > 1 && n * p->slot > WD__ARENA_MAX_BYTES) n /= 2;
+  while (n > 1 && n * p->slot > WD__ARENA_MAX_BYTES)
+    n /= 2;
   wd__arena *a = wd__calloc(1, sizeof *a);
   if (!a) return NULL;
   a->slot = p->slot;

@@ -74,7 +74,8 @@ static int grow(wd__timers *t) {
   wd__thnd *hnd = wd__realloc(t->hnd, cap * sizeof *hnd);
   if (!hnd) return WD_ENOMEM; /* the larger heap array is kept; harmless */
   t->hnd = hnd;
-  for (uint32_t h = cap; h-- > t->cap;) free_handle(t, h);
+  for (uint32_t h = cap; h-- > t->cap;)
+    free_handle(t, h);
   t->cap = cap;
   return 0;
 }

@@ -10,8 +10,8 @@
 
 #include "warden/types.h"
 
-#define wd__container_of(ptr, type, field)                                    \
-  ((type *)((char *)(ptr) - offsetof(type, field)))
+#define wd__container_of(ptr, type, field)                                     \
+  ((type *)((char *)(ptr)-offsetof(type, field)))
 
 static inline void wd__list_init(wd_link *h) { h->next_ = h->prev_ = h; }
 
@@ -40,7 +40,7 @@ static inline wd_link *wd__list_pop_front(wd_link *h) {
   return n;
 }
 
-#define wd__list_each(it, head)                                               \
+#define wd__list_each(it, head)                                                \
   for (wd_link *it = (head)->next_; it != (head); it = it->next_)
 
 #endif
