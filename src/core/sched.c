@@ -33,7 +33,9 @@ wd_time wd_now(const wd_task *self) {
   return rt ? wd__now(rt) : 0;
 }
 
-static void reap(wd_runtime *rt) {
+/* Out of line: it runs once per task, and inlined into every switch it
+ * would give each one a large frame. */
+__attribute__((noinline, cold)) static void reap(wd_runtime *rt) {
   wd_task *z = rt->zombie;
   rt->zombie = NULL;
   wd__stack st = z->stack; /* the free-list node overwrites the record */
@@ -105,8 +107,7 @@ void wd__sched_run_batch(wd_runtime *rt, unsigned budget) {
 }
 
 int wd_yield(wd_task *self) {
-  int rc = wd__cancel_status(self);
-  if (WD_UNLIKELY(rc)) return rc;
+  if (WD_UNLIKELY(wd__cancel_status(self))) return wd__cancel_status(self);
   wd__ready(self);
   switch_away(self);
   return 0;
