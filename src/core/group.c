@@ -97,12 +97,13 @@ int wd_spawn_(wd_group *g, wd_task_fn fn, void *arg, const wd_spawn_opts *opts,
   wd_task *self = cur && !cur->is_sched ? cur : NULL;
   if (!g || !fn)
     return wd_fail(self, WD_EINVAL, "wd_spawn: NULL %s", !g ? "group" : "fn");
+  /* Closed first: the owner of an exited group may be gone. */
+  if (g->closed_)
+    return wd_fail(self, WD_ECLOSED, "wd_spawn: group '%s' is closed",
+                   g->name_);
   if (!rt || !g->owner_ || g->owner_->rt != rt)
     return wd_fail(self, WD_EINVAL,
                    "wd_spawn: group '%s' is not open on this thread's runtime",
-                   g->name_);
-  if (g->closed_)
-    return wd_fail(self, WD_ECLOSED, "wd_spawn: group '%s' is closed",
                    g->name_);
   wd_spawn_opts o = opts ? *opts : (wd_spawn_opts){0};
   if (o.stack_size &&

@@ -240,12 +240,16 @@ int wd_run_with(const wd_runtime_opts *opts, wd_task_fn main, void *arg) {
   }
   wd__rt = rt;
   rc = wd__stacks_init(rt);
-  if (!rc) {
-    wd__overflow_install(rt);
-    rc = wd__task_spawn(NULL, main, arg, NULL, 0,
-                        o.root_name ? o.root_name : "main", __FILE__, __LINE__,
-                        NULL, 0);
+  if (rc) {
+    runtime_fini(rt);
+    wd__rt = NULL;
+    wd__free(rt);
+    return wd_fail(NULL, WD_ENOMEM, "wd_run: no memory for the runtime");
   }
+  wd__overflow_install(rt);
+  rc = wd__task_spawn(NULL, main, arg, NULL, 0,
+                      o.root_name ? o.root_name : "main", __FILE__, __LINE__,
+                      NULL, 0);
   if (rc) {
     runtime_fini(rt);
     wd__overflow_uninstall(rt);
