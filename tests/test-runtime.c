@@ -1,6 +1,7 @@
 /* The runtime: posts from other threads, wd_dump(), the virtual clock,
  * statistics, and task locals. */
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,7 +64,8 @@ static int posts_main(wd_task *self, void *arg) {
 
 Test(runtime, posts_from_four_threads_all_run_on_the_runtime_thread) {
   post_ctx p = {.count = 0};
-  cr_assert_eq(wd_run(posts_main, &p), 0);
+  wd_runtime_opts o = {.await_posts = true};
+  cr_assert_eq(wd_run_with(&o, posts_main, &p), 0);
   cr_assert_eq(atomic_load(&p.post_errors), 0);
   cr_assert_eq(p.count, POSTERS * POSTS_EACH, "ran %ld callbacks", p.count);
   cr_assert_eq(p.wrong_thread, 0, "%ld callbacks ran on another thread",
@@ -137,7 +139,8 @@ static int post_spawn_main(wd_task *self, void *arg) {
 
 Test(runtime, a_posted_callback_may_spawn_into_a_group) {
   spawn_ctx c = {.spawn_rc = 1};
-  cr_assert_eq(wd_run(post_spawn_main, &c), 0);
+  wd_runtime_opts o = {.await_posts = true};
+  cr_assert_eq(wd_run_with(&o, post_spawn_main, &c), 0);
   cr_assert_eq(c.spawn_rc, 0);
   cr_assert(c.child_ran);
   cr_assert_not(c.child_had_local);
@@ -582,4 +585,38 @@ Test(runtime, a_local_is_unset_with_null) {
   cr_assert(s.ran);
   cr_assert_null(s.value);
   assert_no_leaks();
+}
+
+/* Deadlock: every task blocked and nothing can wake them.  warden reports
+ * it and cancels every task, so the program unwinds instead of hanging. */
+static bool never_cancel(wd_wait *w) { return true; }
+
+static int forever_task(wd_task *self, void *arg) {
+  wd_wait w = {.what = "event", .name = "never-set", .on_cancel = never_cancel};
+  *(int *)arg = wd_park(self, &w);
+  return *(int *)arg;
+}
+
+static int deadlock_main(wd_task *self, void *arg) {
+  wd_group g;
+  wd_group_enter(self, &g, NULL);
+  wd_spawn(&g, forever_task, arg, &(wd_spawn_opts){.name = "waiter"});
+  return wd_group_exit(self, &g, 0);
+}
+
+Test(runtime, a_deadlock_is_reported_and_unwound_by_cancelling_all) {
+  int park_rc = 1;
+  cr_assert_eq(wd_run(deadlock_main, &park_rc), WD_ECANCELED);
+  cr_assert_eq(park_rc, WD_ECANCELED);
+  assert_no_leaks();
+}
+
+static int stuck_main(wd_task *self, void *arg) {
+  wd_wait w = {.what = "event", .name = "uncancellable"};
+  return wd_park(self, &w); /* on_cancel NULL: cannot be cancelled */
+}
+
+Test(runtime, a_deadlock_that_cancelling_cannot_undo_aborts,
+     .signal = SIGABRT) {
+  wd_run(stuck_main, NULL);
 }

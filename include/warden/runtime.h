@@ -42,6 +42,13 @@ typedef struct wd_runtime_opts {
   size_t stack_size;     /* default task stack; 0 = WD_STACK_DEFAULT */
   wd_guard_mode guard;   /* how stacks are protected against overflow */
   const char *root_name; /* name of the root task; default "main" */
+  /* Tasks may wait for wd_runtime_post() from other threads: a runtime in
+   * which every task is blocked, with no timer armed and no libuv work in
+   * flight, then waits for a post.  Without it, that state is a deadlock:
+   * warden prints it with the task tree to stderr and cancels every task
+   * (wd_run then returns WD_ECANCELED unless the root swallowed it); if
+   * they still cannot move, it aborts. */
+  bool await_posts;
 } wd_runtime_opts;
 
 /* Stack sizes name the address space a task reserves; memory is committed
@@ -72,7 +79,8 @@ wd_time wd_now(const wd_task *self);
  * polls.  The one function any thread may call.  fn must not block; it may
  * wake tasks (wd_wake) or spawn into a group.  Posts still queued when the
  * runtime ends are run before wd_run() returns.  rt must still be running:
- * posting after wd_run() returned is undefined.
+ * posting after wd_run() returned is undefined.  Tasks that wait for posts
+ * need wd_runtime_opts.await_posts, or their runtime reports a deadlock.
  * Returns 0, WD_EINVAL (NULL rt or fn), WD_ENOMEM, or WD_ECLOSED when the
  * runtime has already drained its last posts. */
 int wd_runtime_post(wd_runtime *rt, void (*fn)(wd_runtime *rt, void *arg),

@@ -243,6 +243,8 @@ struct wd_runtime {
   uint64_t switches;
   size_t default_stack;
   wd_guard_mode guard;
+  bool await_posts;
+  int deadlocks;         /* times a deadlock was found */
   wd__stack_pool *pools; /* one per stack size class */
   pthread_mutex_t post_mu;
   wd__post *post_head, *post_tail;

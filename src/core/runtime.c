@@ -144,6 +144,27 @@ static void idle_virtual(wd_runtime *rt) {
   block_in_loop(rt); /* only a post can help now */
 }
 
+/* Every task is blocked and nothing can wake one: no timer, no libuv work,
+ * no post pending, and no post expected.  Report it, then cancel every
+ * task so the program unwinds; if that does not help either (the waits
+ * cannot be cancelled), abort rather than hang silently. */
+static bool deadlocked(wd_runtime *rt) {
+  wd_time when;
+  if (rt->await_posts || wd__timers_next(rt, &when) ||
+      uv_loop_alive(&rt->loop) ||
+      atomic_load_explicit(&rt->post_pending, memory_order_relaxed))
+    return false;
+  fprintf(stderr,
+          "warden: deadlock: %zu task%s blocked, and no timer, "
+          "I/O or post can wake them%s\n",
+          rt->ntasks, rt->ntasks == 1 ? "" : "s",
+          rt->deadlocks ? " even after cancelling them all" : "");
+  wd_dump(stderr);
+  if (rt->deadlocks++ || !rt->root) abort();
+  wd__cancel_with(&rt->root->root_scope, WD_ECANCELED, "deadlock");
+  return true;
+}
+
 static void idle(wd_runtime *rt) {
   wd__timers_expire(rt, wd__now(rt));
   if (atomic_load_explicit(&rt->post_pending, memory_order_relaxed))
@@ -154,6 +175,7 @@ static void idle(wd_runtime *rt) {
     uv_run(&rt->loop, UV_RUN_NOWAIT);
     return;
   }
+  if (deadlocked(rt)) return;
   if (rt->clock == WD_CLOCK_VIRTUAL)
     idle_virtual(rt);
   else
@@ -190,6 +212,7 @@ static int runtime_init(wd_runtime *rt, const wd_runtime_opts *o) {
   wd__list_init(&rt->blocking);
   rt->clock = o->clock;
   rt->guard = o->guard;
+  rt->await_posts = o->await_posts;
   rt->default_stack = o->stack_size ? o->stack_size : WD_STACK_DEFAULT;
   rt->cancel_epoch = 1;
   rt->sched.is_sched = true;
