@@ -15,6 +15,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "types.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -76,8 +78,6 @@ typedef struct wd_error {
   size_t nsecondary; /* cleanup errors counted while this one stood */
   char *owned_msg_;  /* private */
 } wd_error;
-
-typedef struct wd_task wd_task;
 
 /* Record a detailed error on self (or on the calling thread when self is NULL
  * and no task is running) and return code, so that a caller can write

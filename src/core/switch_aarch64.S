@@ -13,6 +13,7 @@
         .type   wd__ctx_swap, %function
         .p2align 4
 wd__ctx_swap:
+        hint    #34                     /* bti c */
         sub     sp, sp, #176
         stp     x19, x20, [sp, #0]
         stp     x21, x22, [sp, #16]
@@ -46,9 +47,24 @@ wd__ctx_swap:
         .type   wd__ctx_entry, %function
         .p2align 4
 wd__ctx_entry:
+        hint    #34                     /* bti c */
         mov     x0, x20
         blr     x19
         brk     #0
         .size   wd__ctx_entry, .-wd__ctx_entry
 
         .section .note.GNU-stack,"",%progbits
+
+        /* Mark the object BTI- and PAC-compatible, so that linking it does
+         * not turn branch protection off for the whole library. */
+        .pushsection .note.gnu.property, "a"
+        .p2align 3
+        .word   4
+        .word   16
+        .word   5                       /* NT_GNU_PROPERTY_TYPE_0 */
+        .asciz  "GNU"
+        .word   0xc0000000              /* GNU_PROPERTY_AARCH64_FEATURE_1_AND */
+        .word   4
+        .word   3                       /* BTI | PAC */
+        .word   0
+        .popsection
