@@ -106,18 +106,14 @@ static int take_guards(long n) {
 
 static void give_guards(long n) { atomic_fetch_add(&guard_budget, n); }
 
-static int class_of(size_t size, size_t *slot) {
-  for (int c = WD__CLASS_MIN; c <= WD__CLASS_MAX; c++) {
-    size_t s = (size_t)1 << c;
-    /* A stack size names the slot, which also holds the guard page (or
-     * the canary page) and the task record at its top: what the task's
-     * frames get is a page and a record less. */
-    if (s >= size) {
-      *slot = s;
-      return c - WD__CLASS_MIN;
-    }
-  }
-  return -1;
+/* The size class of a stack of size bytes: slots are powers of two from
+ * 2^WD__CLASS_MIN.  A stack size names the slot, which also holds the guard
+ * page (or the canary page) and the task record at its top: what the task's
+ * frames get is a page and a record less. */
+static int class_of(size_t size) {
+  if (size <= ((size_t)1 << WD__CLASS_MIN)) return 0;
+  int log2 = 64 - __builtin_clzll((unsigned long long)(size - 1));
+  return log2 > WD__CLASS_MAX ? -1 : log2 - WD__CLASS_MIN;
 }
 
 int wd__stacks_init(wd_runtime *rt) {
@@ -129,6 +125,7 @@ int wd__stacks_init(wd_runtime *rt) {
     rt->pools[c].next_nslots = 16;
     rt->pools[c].hot.next = rt->pools[c].hot.prev = &rt->pools[c].hot;
   }
+  rt->default_class = class_of(rt->default_stack);
   return 0;
 }
 
@@ -247,8 +244,7 @@ static int carve(wd_runtime *rt, wd__stack_pool *p, wd__stack *st) {
 }
 
 int wd__stack_get(wd_runtime *rt, size_t size, wd__stack *out) {
-  size_t slot;
-  int c = class_of(size ? size : rt->default_stack, &slot);
+  int c = size ? class_of(size) : rt->default_class;
   if (c < 0) return WD_EINVAL;
   if (wd__alloc_fail_point()) return WD_ENOMEM;
   wd__stack_pool *p = &rt->pools[c];
