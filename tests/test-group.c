@@ -7,6 +7,8 @@
  * that sleeps, records how the sleep ended, and maybe fails. */
 #include <string.h>
 
+#include <errno.h>
+
 #include "helpers.h"
 
 typedef struct seen {
@@ -944,4 +946,35 @@ Test(group, root_error_is_available_after_wd_run) {
   wd_error_clear(NULL);
   cr_assert_null(wd_last_error());
   assert_no_leaks();
+}
+
+/* WD_EGROUP is always explained, even when its error record cannot be
+ * allocated: the static stand-in records it. */
+static int eio_task(wd_task *self, void *arg) { return -EIO; }
+
+static int egroup_main(wd_task *self, void *arg) {
+  wd_group g;
+  int rc = wd_group_enter(self, &g, NULL);
+  if (rc) return rc;
+  rc = wd_spawn(&g, eio_task, NULL, NULL);
+  rc = wd_group_exit(self, &g, rc);
+  if (rc == WD_EGROUP) {
+    const wd_error *e = wd_task_error(self);
+    cr_assert_not_null(e, "WD_EGROUP without an error record");
+    cr_assert_eq(e->code, WD_EGROUP);
+  }
+  return rc;
+}
+
+Test(group, egroup_is_recorded_even_when_its_record_cannot_be_allocated) {
+  bool done = false;
+  for (long n = 1; n < 100 && !done; n++) {
+    wd_alloc_fail_after(n);
+    int rc = run_virtual(egroup_main, NULL);
+    done = !wd_alloc_failed();
+    wd_alloc_fail_after(0);
+    cr_assert(rc == WD_EGROUP || rc == WD_ENOMEM, "n=%ld rc=%d", n, rc);
+    assert_no_leaks();
+  }
+  cr_assert(done);
 }

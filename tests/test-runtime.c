@@ -620,3 +620,12 @@ Test(runtime, a_deadlock_that_cancelling_cannot_undo_aborts,
      .signal = SIGABRT) {
   wd_run(stuck_main, NULL);
 }
+
+static int sleep_forever_main(wd_task *self, void *arg) {
+  return wd_sleep_until(self, WD_TIME_NEVER);
+}
+
+Test(runtime, sleeping_forever_alone_is_a_deadlock_not_a_clock_jump) {
+  cr_assert_eq(run_virtual(sleep_forever_main, NULL), WD_ECANCELED);
+  assert_no_leaks();
+}

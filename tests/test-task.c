@@ -298,3 +298,24 @@ Test(task, timer_heap_keeps_order_under_random_cancels) {
     }
   assert_no_leaks();
 }
+
+static int failed_spawn_main(wd_task *self, void *arg) {
+  wd_group g;
+  wd_handle h;
+  int n = 0;
+  wd_group_enter(self, &g, NULL);
+  wd_alloc_fail_after(1); /* the stack of the next spawn */
+  cr_assert_eq(wd_spawn(&g, count_task, &n, &(wd_spawn_opts){.handle = &h}),
+               WD_ENOMEM);
+  cr_assert(h.done, "a failed spawn's handle is done");
+  cr_assert_eq(h.status, WD_ENOMEM);
+  cr_assert_eq(wd_join(self, &h), 0, "joining it returns at once");
+  cr_assert_eq(wd_group_exit(self, &g, 0), 0);
+  cr_assert_eq(n, 0);
+  return 0;
+}
+
+Test(task, a_failed_spawn_leaves_a_done_handle_that_joins_at_once) {
+  cr_assert_eq(run_virtual(failed_spawn_main, NULL), 0);
+  assert_no_leaks();
+}

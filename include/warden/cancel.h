@@ -53,7 +53,9 @@ typedef struct wd_cancel_opts {
 } wd_cancel_opts;
 
 /* Enter s in self (s becomes the innermost scope).  opts may be NULL.
- * A deadline already past cancels the scope at once.  Scopes must be
+ * A deadline already past cancels the scope at once.  s lives in the
+ * caller's memory and its state starts here: unlike Trio's, a scope cannot
+ * be cancelled or given a deadline before it is entered.  Scopes must be
  * exited in reverse order of entry.  Checkpoint: no.
  * Returns 0, or WD_EINVAL (NULL self/s, negative timeout) or WD_ENOMEM
  * (no room for its timer: the only allocation a scope may make) with s not

@@ -81,6 +81,9 @@ wd_time wd_now(const wd_task *self);
  * runtime ends are run before wd_run() returns.  rt must still be running:
  * posting after wd_run() returned is undefined.  Tasks that wait for posts
  * need wd_runtime_opts.await_posts, or their runtime reports a deadlock.
+ * WD_ECLOSED does not make a post racing the end of wd_run() safe: the
+ * runtime's memory goes when wd_run() returns, so make the posting threads
+ * stop (join them) before the root task returns.
  * Returns 0, WD_EINVAL (NULL rt or fn), WD_ENOMEM, or WD_ECLOSED when the
  * runtime has already drained its last posts. */
 int wd_runtime_post(wd_runtime *rt, void (*fn)(wd_runtime *rt, void *arg),

@@ -80,9 +80,10 @@ int wd_sleep(wd_task *self, wd_time duration);
 int wd_sleep_until(wd_task *self, wd_time deadline);
 
 /* Wait for the task behind h to end.  Checkpoint: yes.  Returns 0 when it
- * has ended (read h->status and h->result), WD_ECANCELED / WD_ETIMEDOUT if
- * self was cancelled first (the task keeps running), WD_EINVAL for a NULL
- * or unused handle, WD_EBUSY if another task already joins it. */
+ * has ended, or its spawn failed or was cancelled before it started (read
+ * h->status and h->result), WD_ECANCELED / WD_ETIMEDOUT if self was
+ * cancelled first (the task keeps running), WD_EINVAL for a NULL or unused
+ * handle, WD_EBUSY if another task already joins it. */
 int wd_join(wd_task *self, wd_handle *h);
 
 /* Cancel the task behind h (its own root scope).  A task still queued

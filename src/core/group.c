@@ -114,6 +114,10 @@ int wd_spawn_(wd_group *g, wd_task_fn fn, void *arg, const wd_spawn_opts *opts,
   wd__local *locals = self ? self->locals : NULL;
   if (g->max_running_ && g->nrunning_ >= g->max_running_) {
     int rc = queue_pending(g, fn, arg, &o, file, line, locals);
+    if (rc) { /* the handle says so, as when a stack cannot be had */
+      handle_reset(o.handle, 0);
+      handle_finish(o.handle, rc);
+    }
     return rc ? wd_fail(self, rc,
                         "wd_spawn: no memory to queue a task "
                         "in group '%s'",
@@ -270,7 +274,10 @@ static int group_result(wd_task *self, wd_group *g, int rc, bool body_failed) {
     } else {
       wd__free(kids);
     }
-    wd__error_replace(self, e);
+    if (e)
+      wd__error_replace(self, e);
+    else /* recorded all the same, by the static stand-in */
+      wd_fail(self, WD_EGROUP, "group: tasks failed");
     return WD_EGROUP;
   }
   if (body_failed) return rc;

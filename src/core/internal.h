@@ -242,7 +242,7 @@ struct wd_runtime {
   wd_link blocking; /* blocking calls in flight, for dumps */
   uint64_t switches;
   size_t default_stack;
-  int default_class;
+  int default_class, min_class;
   wd_guard_mode guard;
   bool await_posts;
   int deadlocks;         /* times a deadlock was found */

@@ -136,7 +136,7 @@ static void idle_virtual(wd_runtime *rt) {
     return;
   }
   wd_time when;
-  if (wd__timers_next(rt, &when)) {
+  if (wd__timers_next(rt, &when) && when != WD_TIME_NEVER) {
     if (when > rt->vnow) rt->vnow = when;
     wd__timers_expire(rt, rt->vnow);
     return;
@@ -150,8 +150,8 @@ static void idle_virtual(wd_runtime *rt) {
  * cannot be cancelled), abort rather than hang silently. */
 static bool deadlocked(wd_runtime *rt) {
   wd_time when;
-  if (rt->await_posts || wd__timers_next(rt, &when) ||
-      uv_loop_alive(&rt->loop) ||
+  bool timer = wd__timers_next(rt, &when) && when != WD_TIME_NEVER;
+  if (rt->await_posts || timer || uv_loop_alive(&rt->loop) ||
       atomic_load_explicit(&rt->post_pending, memory_order_relaxed))
     return false;
   fprintf(stderr,
@@ -166,6 +166,7 @@ static bool deadlocked(wd_runtime *rt) {
 }
 
 static void idle(wd_runtime *rt) {
+  uv_update_time(&rt->loop); /* ages in dumps, stack trimming */
   wd__timers_expire(rt, wd__now(rt));
   if (atomic_load_explicit(&rt->post_pending, memory_order_relaxed))
     run_posts(rt);

@@ -125,7 +125,13 @@ int wd__stacks_init(wd_runtime *rt) {
     rt->pools[c].next_nslots = 16;
     rt->pools[c].hot.next = rt->pools[c].hot.prev = &rt->pools[c].hot;
   }
+  /* A slot holds a guard page, the record and frames: with large pages
+   * (64 KiB on some AArch64 systems) the smallest classes are too small. */
+  rt->min_class = 0;
+  while (((size_t)1 << (rt->min_class + WD__CLASS_MIN)) < 4 * wd__page)
+    rt->min_class++;
   rt->default_class = class_of(rt->default_stack);
+  if (rt->default_class < rt->min_class) rt->default_class = rt->min_class;
   return 0;
 }
 
@@ -246,6 +252,7 @@ static int carve(wd_runtime *rt, wd__stack_pool *p, wd__stack *st) {
 int wd__stack_get(wd_runtime *rt, size_t size, wd__stack *out) {
   int c = size ? class_of(size) : rt->default_class;
   if (c < 0) return WD_EINVAL;
+  if (c < rt->min_class) c = rt->min_class;
   if (wd__alloc_fail_point()) return WD_ENOMEM;
   wd__stack_pool *p = &rt->pools[c];
   free_node *f = p->hot.next;

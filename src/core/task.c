@@ -179,11 +179,11 @@ static bool join_cancel(wd_wait *w) {
 
 int wd_join(wd_task *self, wd_handle *h) {
   if (!self || !h) return WD_EINVAL;
-  if (!h->id)
-    return wd_fail(self, WD_EINVAL, "wd_join: handle was never spawned");
   int rc = wd__cancel_status(self);
   if (rc) return rc;
-  if (h->done) return 0;
+  if (h->done) return 0; /* also a spawn that failed: see h->status */
+  if (!h->id)
+    return wd_fail(self, WD_EINVAL, "wd_join: handle was never spawned");
   if (h->joiner_)
     return wd_fail(self, WD_EBUSY, "wd_join: task %llu already has a joiner",
                    (unsigned long long)h->id);
