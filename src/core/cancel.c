@@ -16,7 +16,7 @@
 
 void wd__cancel_blocked(wd_task *t);
 
-static int status_from(const wd_cancel_scope *s) {
+int wd__scope_status(const wd_cancel_scope *s) {
   int rc = 0;
   for (; s; s = s->parent_) {
     if (s->cancel_rc_) rc = s->cancel_rc_;
@@ -27,7 +27,7 @@ static int status_from(const wd_cancel_scope *s) {
 
 int wd__cancel_status_slow(wd_task *t) {
   uint64_t epoch = t->rt->cancel_epoch;
-  t->cancel_rc = status_from(t->scope);
+  t->cancel_rc = wd__scope_status(t->scope);
   t->cancel_epoch = epoch;
   return t->cancel_rc;
 }
@@ -179,7 +179,7 @@ void wd_cancel_scope_set_shield(wd_cancel_scope *s, bool shield) {
   bump_epoch();
   /* Unshielding exposes the scope to a cancellation already pending
    * outside it: deliver it now, as if it had just happened. */
-  if (!shield && s->entered_ && status_from(s->parent_)) deliver(s);
+  if (!shield && s->entered_ && wd__scope_status(s->parent_)) deliver(s);
 }
 
 bool wd_cancel_scope_cancelled(const wd_cancel_scope *s) {

@@ -156,14 +156,6 @@ static void record_failure(wd_group *g, wd_error *e) {
   g->errors_[g->nerrors_++] = e;
 }
 
-static bool group_cancelled(const wd_group *g) {
-  for (const wd_cancel_scope *s = &g->scope; s; s = s->parent_) {
-    if (s->cancel_rc_) return true;
-    if (s->shield_) break;
-  }
-  return false;
-}
-
 /* A pending spawn that will never start: it did not happen.  One that
  * could not start for want of memory is a failure of the group. */
 static void drop_pending(wd_group *g, wd__pending *p, int rc) {
@@ -194,7 +186,7 @@ static void start_pending(wd_group *g) {
         wd__container_of(wd__list_pop_front(&g->pending_), wd__pending, link);
     g->npending_--;
     int rc = WD_ECANCELED;
-    if (!group_cancelled(g))
+    if (!wd__scope_status(&g->scope))
       rc = wd__task_spawn(g, p->fn, p->arg, p->handle, p->stack_size,
                           p->name[0] ? p->name : NULL, p->file, p->line,
                           p->locals, p->id);

@@ -268,6 +268,9 @@ void wd__scope_fini_root(wd_task *t);
 /* The cancellation code of t now (0 if none), cached per cancel epoch:
  * a checkpoint normally costs one comparison. */
 int wd__cancel_status_slow(wd_task *t);
+/* The cancellation code seen from scope s: that of the outermost cancelled
+ * scope from s up to the first shield, or 0. */
+int wd__scope_status(const wd_cancel_scope *s);
 static inline int wd__cancel_status(wd_task *t) {
   if (WD_LIKELY(t->cancel_epoch == t->rt->cancel_epoch)) return t->cancel_rc;
   return wd__cancel_status_slow(t);

@@ -68,7 +68,9 @@ static void arm_uv_timer(wd_runtime *rt) {
   if (ms == 0) ms = 1;
   if (any) {
     wd_time delta = when - wd__now(rt);
-    uint64_t d = delta > 0 ? (uint64_t)((delta + WD_MSEC - 1) / WD_MSEC) : 0;
+    /* Rounded up, without overflowing for a deadline of WD_TIME_NEVER. */
+    uint64_t d =
+        delta > 0 ? (uint64_t)(delta / WD_MSEC) + (delta % WD_MSEC != 0) : 0;
     if (d < ms) ms = d;
   }
   if (ms == UINT64_MAX)
