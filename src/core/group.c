@@ -57,16 +57,6 @@ static void handle_reset(wd_handle *h, uint64_t id) {
   h->pending_ = NULL;
 }
 
-static void handle_finish(wd_handle *h, int status) {
-  if (!h) return;
-  h->status = status;
-  h->done = true;
-  h->task = NULL;
-  h->pending_ = NULL;
-  if (h->joiner_) wd_wake(h->joiner_, 0);
-  h->joiner_ = NULL;
-}
-
 static int queue_pending(wd_group *g, wd_task_fn fn, void *arg,
                          const wd_spawn_opts *o, const char *file, int line,
                          wd__local *locals) {
@@ -116,7 +106,7 @@ int wd_spawn_(wd_group *g, wd_task_fn fn, void *arg, const wd_spawn_opts *opts,
     int rc = queue_pending(g, fn, arg, &o, file, line, locals);
     if (rc) { /* the handle says so, as when a stack cannot be had */
       handle_reset(o.handle, 0);
-      handle_finish(o.handle, rc);
+      wd__handle_finish(o.handle, rc, NULL);
     }
     return rc ? wd_fail(self, rc,
                         "wd_spawn: no memory to queue a task "
@@ -129,7 +119,7 @@ int wd_spawn_(wd_group *g, wd_task_fn fn, void *arg, const wd_spawn_opts *opts,
                           line, wd__local_ref(locals), 0);
   if (rc) {
     wd__local_unref(locals);
-    handle_finish(o.handle, rc);
+    wd__handle_finish(o.handle, rc, NULL);
     return wd_fail(self, rc,
                    "wd_spawn: no memory for a task stack in "
                    "group '%s'",
@@ -161,7 +151,7 @@ static void record_failure(wd_group *g, wd_error *e) {
 static void drop_pending(wd_group *g, wd__pending *p, int rc) {
   g->nlive_--;
   wd__local_unref(p->locals);
-  handle_finish(p->handle, rc);
+  wd__handle_finish(p->handle, rc, NULL);
   if (rc == WD_ECANCELED) {
     g->ncancelled_++;
   } else {

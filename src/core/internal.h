@@ -310,6 +310,7 @@ int wd__task_spawn(wd_group *g, wd_task_fn fn, void *arg, wd_handle *h,
                    size_t stack_size, const char *name, const char *file,
                    int line, wd__local *locals, uint64_t id);
 void wd__group_task_done(wd_group *g, wd_task *t, int status);
+void wd__handle_finish(wd_handle *h, int status, void *result);
 
 wd__local *wd__local_ref(wd__local *l);
 void wd__local_unref(wd__local *l);

@@ -33,20 +33,25 @@ static _Noreturn void misuse_die(wd_task *t) {
   abort();
 }
 
+/* Publish a task's outcome (or a spawn's that never started) in its
+ * handle and wake whoever joins it. */
+void wd__handle_finish(wd_handle *h, int status, void *result) {
+  if (!h) return;
+  h->status = status;
+  h->result = result;
+  h->done = true;
+  h->task = NULL;
+  h->pending_ = NULL;
+  if (h->joiner_) wd_wake(h->joiner_, 0);
+  h->joiner_ = NULL;
+}
+
 static _Noreturn void task_finish(wd_task *t, int rc) {
   wd_runtime *rt = t->rt;
   if (WD_UNLIKELY(t->scope != &t->root_scope || !wd__list_empty(&t->groups)))
     misuse_die(t);
-  wd_handle *h = t->handle;
   if (t->group) wd__group_task_done(t->group, t, rc);
-  if (h) {
-    h->status = rc;
-    h->result = t->result;
-    h->done = true;
-    h->task = NULL;
-    if (h->joiner_) wd_wake(h->joiner_, 0);
-    h->joiner_ = NULL;
-  }
+  wd__handle_finish(t->handle, rc, t->result);
   if (t->is_root) {
     rt->root_status = rc;
     rt->root = NULL;
