@@ -629,3 +629,42 @@ Test(runtime, sleeping_forever_alone_is_a_deadlock_not_a_clock_jump) {
   cr_assert_eq(run_virtual(sleep_forever_main, NULL), WD_ECANCELED);
   assert_no_leaks();
 }
+
+/* Free stacks beyond the 1024 most recently used give their pages back
+ * once unused for 2 s of runtime time (here, virtual), and come back into
+ * use cleanly afterwards. */
+static int brief_task(wd_task *self, void *arg) {
+  char buf[16384]; /* touch pages below the top one */
+  memset(buf, 1, sizeof buf);
+  *(int *)arg += buf[100];
+  return wd_yield(self);
+}
+
+static int burst(wd_task *self, int n, int *sum) {
+  wd_group g;
+  wd_group_enter(self, &g, NULL);
+  for (int i = 0; i < n; i++)
+    wd_spawn(&g, brief_task, sum, NULL);
+  return wd_group_exit(self, &g, 0);
+}
+
+static int trim_main(wd_task *self, void *arg) {
+  int sum = 0;
+  wd_runtime_stats st;
+  cr_assert_eq(burst(self, 3000, &sum), 0);
+  wd_runtime_stats_get(wd_task_runtime(self), &st);
+  cr_assert_geq(st.stacks_cached, 3000);
+  cr_assert_eq(st.stacks_returned, 0, "nothing is given back at once");
+  cr_assert_eq(wd_sleep(self, 3 * WD_SEC), 0);
+  wd_runtime_stats_get(wd_task_runtime(self), &st);
+  cr_assert_eq(st.stacks_returned, st.stacks_cached - 1024,
+               "returned %zu of %zu", st.stacks_returned, st.stacks_cached);
+  cr_assert_eq(burst(self, 3000, &sum), 0, "cold stacks are reusable");
+  cr_assert_eq(sum, 6000);
+  return 0;
+}
+
+Test(runtime, idle_free_stacks_give_their_pages_back_and_stay_usable) {
+  cr_assert_eq(run_virtual(trim_main, NULL), 0);
+  assert_no_leaks();
+}

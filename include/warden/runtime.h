@@ -91,14 +91,15 @@ int wd_runtime_post(wd_runtime *rt, void (*fn)(wd_runtime *rt, void *arg),
 
 /* Counters of a runtime, for tests and monitoring. */
 typedef struct wd_runtime_stats {
-  size_t tasks;          /* live tasks, including the root */
-  size_t groups;         /* open groups */
-  size_t blocking;       /* blocking calls in flight */
-  size_t abandoned;      /* of which abandoned by their caller */
-  size_t stacks_mapped;  /* stack slots carved so far */
-  size_t stacks_guarded; /* of which protected by a guard page */
-  size_t stacks_cached;  /* free stacks kept for reuse */
-  uint64_t switches;     /* context switches so far */
+  size_t tasks;           /* live tasks, including the root */
+  size_t groups;          /* open groups */
+  size_t blocking;        /* blocking calls in flight */
+  size_t abandoned;       /* of which abandoned by their caller */
+  size_t stacks_mapped;   /* stack slots carved so far */
+  size_t stacks_guarded;  /* of which protected by a guard page */
+  size_t stacks_cached;   /* free stacks kept for reuse */
+  size_t stacks_returned; /* of which gave their pages back (unused 2 s) */
+  uint64_t switches;      /* context switches so far */
 } wd_runtime_stats;
 
 void wd_runtime_stats_get(const wd_runtime *rt, wd_runtime_stats *out);

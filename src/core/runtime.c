@@ -140,6 +140,10 @@ static void idle_virtual(wd_runtime *rt) {
   wd_time when;
   if (wd__timers_next(rt, &when) && when != WD_TIME_NEVER) {
     if (when > rt->vnow) rt->vnow = when;
+    /* The runtime was idle all through the jump: what came due for
+     * trimming meanwhile is trimmed now. */
+    while (wd__stacks_trim(rt, 1024)) {
+    }
     wd__timers_expire(rt, rt->vnow);
     return;
   }
@@ -311,5 +315,5 @@ void wd_runtime_stats_get(const wd_runtime *rt, wd_runtime_stats *out) {
   out->abandoned = rt->nabandoned;
   out->switches = rt->switches;
   wd__stacks_stats(rt, &out->stacks_mapped, &out->stacks_guarded,
-                   &out->stacks_cached);
+                   &out->stacks_cached, &out->stacks_returned);
 }

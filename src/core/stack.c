@@ -249,6 +249,13 @@ static int carve(wd_runtime *rt, wd__stack_pool *p, wd__stack *st) {
   return 0;
 }
 
+/* Retention is measured on the runtime's clock, coarsely and for free:
+ * libuv's cached loop time, or the virtual clock (so tests can drive it). */
+static uint64_t coarse_ms(wd_runtime *rt) {
+  return rt->clock == WD_CLOCK_VIRTUAL ? (uint64_t)(rt->vnow / WD_MSEC)
+                                       : wd__loop_ms(rt);
+}
+
 int wd__stack_get(wd_runtime *rt, size_t size, wd__stack *out) {
   int c = size ? class_of(size) : rt->default_class;
   if (c < 0) return WD_EINVAL;
@@ -281,7 +288,7 @@ void wd__stack_put(wd_runtime *rt, const wd__stack *st) {
 #endif
   free_node *f = (free_node *)(st->hi - sizeof(free_node));
   f->st = *st;
-  f->freed_ms = wd__loop_ms(rt);
+  f->freed_ms = coarse_ms(rt);
   f->prev = &p->hot;
   f->next = p->hot.next;
   p->hot.next->prev = f;
@@ -296,7 +303,7 @@ void wd__stack_put(wd_runtime *rt, const wd__stack *st) {
  * comes back in bursts finds its stacks still committed.  Returns true if
  * more are due now. */
 bool wd__stacks_trim(wd_runtime *rt, size_t budget) {
-  uint64_t now = wd__loop_ms(rt);
+  uint64_t now = coarse_ms(rt);
   for (int c = 0; c < WD__NCLASSES; c++) {
     wd__stack_pool *p = &rt->pools[c];
     while (p->nhot > WD__HOT_STACKS &&
@@ -320,7 +327,7 @@ bool wd__stacks_trim(wd_runtime *rt, size_t budget) {
 
 /* Milliseconds until wd__stacks_trim() has work, or UINT64_MAX. */
 uint64_t wd__stacks_next_trim(wd_runtime *rt) {
-  uint64_t now = wd__loop_ms(rt), next = UINT64_MAX;
+  uint64_t now = coarse_ms(rt), next = UINT64_MAX;
   for (int c = 0; c < WD__NCLASSES; c++) {
     wd__stack_pool *p = &rt->pools[c];
     if (p->nhot <= WD__HOT_STACKS) continue;
@@ -332,11 +339,12 @@ uint64_t wd__stacks_next_trim(wd_runtime *rt) {
 }
 
 void wd__stacks_stats(const wd_runtime *rt, size_t *mapped, size_t *guarded,
-                      size_t *cached) {
-  *mapped = *guarded = *cached = 0;
+                      size_t *cached, size_t *returned) {
+  *mapped = *guarded = *cached = *returned = 0;
   if (!rt->pools) return;
   for (int c = 0; c < WD__NCLASSES; c++) {
     *cached += rt->pools[c].nhot + rt->pools[c].ncold;
+    *returned += rt->pools[c].ncold;
     for (wd__arena *a = rt->pools[c].arenas; a; a = a->next) {
       *mapped += a->carved;
       if (a->guarded) *guarded += a->carved;

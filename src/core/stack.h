@@ -32,6 +32,6 @@ static inline wd_task *wd__task_at(char *hi) {
 }
 
 void wd__stacks_stats(const wd_runtime *rt, size_t *mapped, size_t *guarded,
-                      size_t *cached);
+                      size_t *cached, size_t *returned);
 
 #endif
