@@ -319,3 +319,45 @@ Test(task, a_failed_spawn_leaves_a_done_handle_that_joins_at_once) {
   cr_assert_eq(run_virtual(failed_spawn_main, NULL), 0);
   assert_no_leaks();
 }
+
+/* Past the guard-page budget (a quarter of the vm.max_map_count headroom)
+ * stacks fall back to canaries instead of failing: 20000 parked tasks run
+ * with the default sysctl, some guarded, the rest canaried. */
+typedef struct parked {
+  wd_wait *waits;
+  int n, parked;
+} parked;
+
+static int park_task(wd_task *self, void *arg) {
+  parked *p = arg;
+  int i = p->parked++;
+  p->waits[i] = (wd_wait){.what = "event", .name = "release"};
+  return wd_park(self, &p->waits[i]);
+}
+
+static int budget_main(wd_task *self, void *arg) {
+  parked *p = arg;
+  wd_group g;
+  wd_group_enter(self, &g, NULL);
+  for (int i = 0; i < p->n; i++)
+    cr_assert_eq(wd_spawn(&g, park_task, p, NULL), 0);
+  while (p->parked < p->n)
+    wd_yield(self);
+  wd_runtime_stats st;
+  wd_runtime_stats_get(wd_task_runtime(self), &st);
+  cr_assert_geq(st.stacks_mapped, (size_t)p->n);
+  cr_assert_gt(st.stacks_guarded, 0);
+  cr_assert_lt(st.stacks_guarded, st.stacks_mapped,
+               "%zu of %zu stacks guarded: the budget was not applied",
+               st.stacks_guarded, st.stacks_mapped);
+  for (int i = 0; i < p->n; i++)
+    wd_wake(&p->waits[i], 0);
+  return wd_group_exit(self, &g, 0);
+}
+
+Test(task, stacks_past_the_guard_budget_use_canaries) {
+  static wd_wait waits[20000];
+  parked p = {.waits = waits, .n = 20000};
+  cr_assert_eq(run_virtual(budget_main, &p), 0);
+  assert_no_leaks();
+}
