@@ -47,7 +47,7 @@ typedef struct wd_group {
   wd_time created_;
   struct wd_wait *exit_wait_;
   char name_[32];
-  bool supervisor_, closing_, closed_;
+  bool supervisor_, closed_;
 } wd_group;
 
 /* Open g in self: g's scope becomes self's innermost cancel scope.  Leave it

@@ -7,7 +7,6 @@
  */
 #include <stdatomic.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "internal.h"
 
@@ -57,11 +56,4 @@ void wd__free(void *p) {
   if (!p) return;
   atomic_fetch_sub_explicit(&live_blocks, 1, memory_order_relaxed);
   free(p);
-}
-
-char *wd__strdup(const char *s) {
-  size_t n = strlen(s) + 1;
-  char *d = wd__malloc(n);
-  if (d) memcpy(d, s, n);
-  return d;
 }

@@ -87,7 +87,9 @@ int wd_blocking(wd_task *self, int (*fn)(void *arg), void *arg,
   rt->nblocking++;
   w->wait.what = "blocking call";
   w->wait.on_cancel = work_cancel;
-  rc = wd_park(self, &w->wait);
+  /* Cancellation was checked above; from here the record is either woken
+   * by after_cb or orphaned by work_cancel, never left queued and freed. */
+  rc = wd__park_now(self, &w->wait);
   if (!w->orphan) wd__free(w);
   return rc;
 }

@@ -277,7 +277,6 @@ int wd_group_exit(wd_task *self, wd_group *g, int rc) {
                    g->name_);
   bool body_failed = rc < 0 && !(wd_is_cancel(rc) && wd__cancel_status(self));
   if (body_failed) wd__cancel_with(&g->scope, WD_ECANCELED, "body failed");
-  g->closing_ = true;
   while (g->nlive_ > 0) {
     wd_wait w = {.what = "group", .name = g->name_};
     g->exit_wait_ = &w;

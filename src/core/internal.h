@@ -31,7 +31,6 @@ void *wd__malloc(size_t n);
 void *wd__calloc(size_t n, size_t size);
 void *wd__realloc(void *p, size_t n);
 void wd__free(void *p);
-char *wd__strdup(const char *s);
 /* Counts an allocation point that is not a heap block (a stack); returns 1
  * when the fault injector says it must fail. */
 int wd__alloc_fail_point_slow(void);
@@ -134,7 +133,6 @@ typedef struct wd__stack {
   char *lo, *hi;    /* usable range; frames grow down from hi */
   uint64_t *canary; /* checked at every switch away */
   struct wd__stack_pool *pool;
-  bool guarded;
 } wd__stack;
 
 typedef struct wd__stack_pool wd__stack_pool;
@@ -285,6 +283,9 @@ static inline void wd__ready(wd_task *t) {
 /* Give the CPU to the next ready task (or the scheduler); returns when self
  * runs again. */
 void wd__switch_away(wd_task *self);
+/* wd_park() without its cancellation check, for callers that made it and
+ * must not be told "cancelled" after queueing work. */
+int wd__park_now(wd_task *self, wd_wait *w);
 _Noreturn void wd__task_exit(wd_task *self);
 
 wd_time wd__now(wd_runtime *rt);

@@ -42,9 +42,6 @@ __attribute__((noinline, cold)) static void reap(wd_runtime *rt) {
   wd__stack_put(rt, &st);
 }
 
-/* The task entry (on its own stack); see wd__ctx_make. */
-void wd__task_main(void *arg);
-
 static inline void switch_to(wd_runtime *rt, wd_task *from, wd_task *to) {
   if (from->stack.canary && WD_UNLIKELY(*from->stack.canary != WD__CANARY))
     wd__overflow_die(from, "stack canary overwritten");
@@ -113,7 +110,7 @@ int wd_yield(wd_task *self) {
   return 0;
 }
 
-static int park_now(wd_task *self, wd_wait *w) {
+int wd__park_now(wd_task *self, wd_wait *w) {
   w->task = self;
   self->wait = w;
   self->state = WD__BLOCKED;
@@ -125,14 +122,14 @@ static int park_now(wd_task *self, wd_wait *w) {
 
 int wd__park_uncancellable(wd_task *self, wd_wait *w) {
   w->on_cancel = NULL;
-  return park_now(self, w);
+  return wd__park_now(self, w);
 }
 
 int wd_park(wd_task *self, wd_wait *w) {
   if (!self || !w) return WD_EINVAL;
   int rc = wd__cancel_status(self);
   if (rc) return rc;
-  return park_now(self, w);
+  return wd__park_now(self, w);
 }
 
 void wd_wake(wd_wait *w, int result) {
@@ -173,7 +170,7 @@ int wd_sleep_until(wd_task *self, wd_time deadline) {
   if (deadline <= wd__now(rt)) return wd_yield(self);
   wd__timer_arm(rt, &self->sleep, deadline, sleep_fire);
   wd_wait w = {.what = "sleep", .on_cancel = sleep_cancel};
-  return park_now(self, &w);
+  return wd__park_now(self, &w);
 }
 
 int wd_sleep(wd_task *self, wd_time duration) {

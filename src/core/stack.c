@@ -240,7 +240,6 @@ static int carve(wd_runtime *rt, wd__stack_pool *p, wd__stack *st) {
     st->canary = (uint64_t *)(st->lo - 64);
     *st->canary = WD__CANARY;
   }
-  st->guarded = a->guarded;
   st->pool = p;
   a->carved++;
 #if WD_VALGRIND

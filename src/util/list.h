@@ -17,9 +17,6 @@ static inline void wd__list_init(wd_link *h) { h->next_ = h->prev_ = h; }
 
 static inline int wd__list_empty(const wd_link *h) { return h->next_ == h; }
 
-/* A node that is in no list has NULL links (after wd__list_unlink). */
-static inline int wd__list_linked(const wd_link *n) { return n->next_ != NULL; }
-
 static inline void wd__list_push_back(wd_link *h, wd_link *n) {
   n->prev_ = h->prev_;
   n->next_ = h;
