@@ -102,6 +102,28 @@ int wd_park(wd_task *self, wd_wait *w);
  * callbacks of the same runtime.  Checkpoint: no. */
 void wd_wake(wd_wait *w, int result);
 
+/* The wait record the task is parked on (see wd_park()), or NULL when it
+ * is not blocked.  Lets a primitive follow who waits on what - a lock's
+ * deadlock check walks owner -> the lock it waits on -> its owner.
+ * Borrowed: valid until the task wakes.  Checkpoint: no. */
+const wd_wait *wd_task_wait(const wd_task *task);
+
+/* Something a task holds that must not outlive its holding (a lock): the
+ * core calls on_exit(h, task) if the task ends with h still held, after
+ * the task's body returned and before its handle is done.  on_exit must
+ * not block; h is already unlinked when it runs.  Embedded in the held
+ * object; fields are private but on_exit. */
+typedef struct wd_hold {
+  wd_link link_;
+  void (*on_exit)(struct wd_hold *h, wd_task *task);
+} wd_hold;
+
+/* Record that self holds h (set h->on_exit first).  Checkpoint: no. */
+void wd_task_hold(wd_task *self, wd_hold *h);
+/* Forget a hold recorded by wd_task_hold (self must be its holder).
+ * Checkpoint: no. */
+void wd_task_unhold(wd_task *self, wd_hold *h);
+
 /* Task locals: a key is a static descriptor; values are borrowed pointers.
  * A spawned task starts with its spawner's values; setting a value in a
  * task never changes what another task sees. */

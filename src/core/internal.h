@@ -10,6 +10,7 @@
 #include <uv.h>
 
 #include "../util/list.h"
+#include "../util/mem.h"
 #include "warden.h"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -27,10 +28,6 @@
 
 /* ---- allocator ---------------------------------------------------------- */
 
-void *wd__malloc(size_t n);
-void *wd__calloc(size_t n, size_t size);
-void *wd__realloc(void *p, size_t n);
-void wd__free(void *p);
 /* Counts an allocation point that is not a heap block (a stack); returns 1
  * when the fault injector says it must fail. */
 int wd__alloc_fail_point_slow(void);
@@ -176,6 +173,7 @@ struct wd_task {
   void *result;
   wd_group *group; /* NULL for the root */
   wd_link groups;  /* groups this task owns and has not exited */
+  wd_link holds;   /* wd_hold records: objects it must release */
   wd_cancel_scope root_scope;
   wd_cancel_scope *scope; /* innermost */
   uint64_t cancel_epoch;  /* cancel_rc is valid while it equals rt's */

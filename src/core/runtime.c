@@ -227,6 +227,7 @@ static int runtime_init(wd_runtime *rt, const wd_runtime_opts *o) {
   rt->sched.state = WD__RUNNING;
   rt->sched.id = 0;
   wd__list_init(&rt->sched.groups);
+  wd__list_init(&rt->sched.holds);
   snprintf(rt->sched.name, sizeof rt->sched.name, "(scheduler)");
   rt->current = &rt->sched;
   return 0;

@@ -50,6 +50,11 @@ static _Noreturn void task_finish(wd_task *t, int rc) {
   wd_runtime *rt = t->rt;
   if (WD_UNLIKELY(t->scope != &t->root_scope || !wd__list_empty(&t->groups)))
     misuse_die(t);
+  while (WD_UNLIKELY(!wd__list_empty(&t->holds))) {
+    wd_hold *h = wd__container_of(t->holds.next_, wd_hold, link_);
+    wd__list_unlink(&h->link_);
+    h->on_exit(h, t);
+  }
   if (t->group) wd__group_task_done(t->group, t, rc);
   wd__handle_finish(t->handle, rc, t->result);
   if (t->is_root) {
@@ -124,6 +129,7 @@ int wd__task_spawn(wd_group *g, wd_task_fn fn, void *arg, wd_handle *h,
   t->created_ms = wd__loop_ms(rt);
   t->locals = locals;
   wd__list_init(&t->groups);
+  wd__list_init(&t->holds);
   wd__scope_init_root(t, g ? &g->scope : NULL);
   wd__ctx_make(&t->ctx, st.lo, (char *)t, wd__task_main, t);
 #if WD_ASAN
@@ -169,6 +175,19 @@ void wd_task_set_result(wd_task *self, void *result) {
 
 wd_runtime *wd_task_runtime(const wd_task *self) {
   return self ? self->rt : NULL;
+}
+
+const wd_wait *wd_task_wait(const wd_task *task) {
+  return task && task->state == WD__BLOCKED ? task->wait : NULL;
+}
+
+void wd_task_hold(wd_task *self, wd_hold *h) {
+  if (self && h) wd__list_push_back(&self->holds, &h->link_);
+}
+
+void wd_task_unhold(wd_task *self, wd_hold *h) {
+  (void)self;
+  if (h) wd__list_unlink(&h->link_);
 }
 
 typedef struct join_wait {
