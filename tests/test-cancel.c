@@ -886,3 +886,31 @@ Test(cancel, null_scope_is_ignored) {
   cr_assert_eq(wd_cancel_status(NULL), 0);
   assert_no_leaks();
 }
+
+static int deadline_body(wd_task *self, void *arg) {
+  (void)arg;
+  cr_assert_eq(wd_task_deadline(self), WD_TIME_NEVER);
+  wd_time t0 = wd_now(self);
+  wd_cancel_scope outer, inner, shield;
+  wd_move_on_after(self, &outer, 5 * WD_SEC);
+  cr_assert_eq(wd_task_deadline(self), t0 + 5 * WD_SEC);
+  wd_move_on_after(self, &inner, 9 * WD_SEC); /* later: outer still wins */
+  cr_assert_eq(wd_task_deadline(self), t0 + 5 * WD_SEC);
+  wd_cancel_scope_set_deadline(&inner, t0 + 2 * WD_SEC);
+  cr_assert_eq(wd_task_deadline(self), t0 + 2 * WD_SEC);
+  wd_cancel_opts so = {.shield = true};
+  wd_cancel_scope_enter(self, &shield, &so);
+  cr_assert_eq(wd_task_deadline(self), WD_TIME_NEVER, "a shield hides them");
+  wd_cancel_scope_exit(self, &shield, 0);
+  wd_cancel(&inner); /* a cancelled scope's deadline no longer applies */
+  cr_assert_eq(wd_task_deadline(self), t0 + 5 * WD_SEC);
+  wd_cancel_scope_exit(self, &inner, 0);
+  wd_cancel_scope_exit(self, &outer, 0);
+  cr_assert_eq(wd_task_deadline(NULL), WD_TIME_NEVER);
+  return 0;
+}
+
+Test(cancel, task_deadline_is_the_earliest_up_to_a_shield) {
+  cr_assert_eq(run_virtual(deadline_body, NULL), 0);
+  assert_no_leaks();
+}

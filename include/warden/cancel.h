@@ -104,6 +104,13 @@ static inline int wd_fail_after(wd_task *self, wd_cancel_scope *s,
   return wd_cancel_scope_enter(self, s, &o);
 }
 
+/* The earliest deadline that applies to self now: the scopes from the
+ * innermost out to the first shield, not yet cancelled; WD_TIME_NEVER when
+ * none has one.  Lets an operation refuse work that could not finish in
+ * time (a retry does not start a back-off that would end past it).
+ * Checkpoint: no. */
+wd_time wd_task_deadline(const wd_task *self);
+
 /* Return WD_ECANCELED / WD_ETIMEDOUT if self is cancelled now, else 0,
  * without yielding.  Checkpoint: no (it only looks). */
 int wd_cancel_status(const wd_task *self);

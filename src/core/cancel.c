@@ -32,6 +32,16 @@ int wd__cancel_status_slow(wd_task *t) {
   return t->cancel_rc;
 }
 
+wd_time wd_task_deadline(const wd_task *self) {
+  wd_time d = WD_TIME_NEVER;
+  if (!self) return d;
+  for (const wd_cancel_scope *s = self->scope; s; s = s->parent_) {
+    if (s->deadline_ && !s->cancel_rc_ && s->deadline_ < d) d = s->deadline_;
+    if (s->shield_) break;
+  }
+  return d;
+}
+
 int wd_cancel_status(const wd_task *self) {
   return self ? wd__cancel_status((wd_task *)self) : 0;
 }
