@@ -668,3 +668,52 @@ Test(runtime, idle_free_stacks_give_their_pages_back_and_stay_usable) {
   cr_assert_eq(run_virtual(trim_main, NULL), 0);
   assert_no_leaks();
 }
+
+/* ---- runtime extensions ------------------------------------------------- */
+
+static const char ext_key_a, ext_key_b;
+static char ext_log[64];
+
+static void ext_dump(wd_runtime_ext *e, FILE *out) {
+  fprintf(out, "ext %s here\n", e->key == &ext_key_a ? "a" : "b");
+}
+
+static void ext_exit(wd_runtime_ext *e, wd_runtime *rt) {
+  cr_assert_eq(wd_runtime_current(), rt, "still current in at_exit");
+  wd_runtime_stats st;
+  wd_runtime_stats_get(rt, &st);
+  cr_assert_eq(st.tasks, 0, "every task ended first");
+  strcat(ext_log, e->key == &ext_key_a ? "a" : "b");
+  free(e);
+}
+
+static int ext_main(wd_task *self, void *arg) {
+  (void)arg;
+  wd_runtime *rt = wd_task_runtime(self);
+  wd_runtime_ext *a = calloc(1, sizeof *a), *b = calloc(1, sizeof *b);
+  *a = (wd_runtime_ext){
+      .key = &ext_key_a, .dump = ext_dump, .at_exit = ext_exit};
+  *b = (wd_runtime_ext){.key = &ext_key_b, .at_exit = ext_exit};
+  cr_assert_eq(wd_runtime_ext_add(rt, a), 0);
+  cr_assert_eq(wd_runtime_ext_add(rt, b), 0);
+  wd_runtime_ext dup = {.key = &ext_key_a};
+  cr_assert_eq(wd_runtime_ext_add(rt, &dup), WD_EBUSY);
+  cr_assert_eq(wd_runtime_ext_add(rt, NULL), WD_EINVAL);
+  cr_assert_eq(wd_runtime_ext_add(rt, &(wd_runtime_ext){0}), WD_EINVAL);
+  cr_assert_eq(wd_runtime_ext_get(rt, &ext_key_a), a);
+  cr_assert_eq(wd_runtime_ext_get(rt, &ext_key_b), b);
+  cr_assert_null(wd_runtime_ext_get(rt, &dup));
+  char buf[4096] = {0};
+  FILE *f = fmemopen(buf, sizeof buf - 1, "w");
+  wd_dump(f);
+  fclose(f);
+  cr_assert_not_null(strstr(buf, "ext a here"), "dump: %s", buf);
+  return 0;
+}
+
+Test(runtime, extensions_are_found_by_key_dumped_and_ended_newest_first) {
+  ext_log[0] = '\0';
+  cr_assert_eq(wd_run(ext_main, NULL), 0);
+  cr_assert_str_eq(ext_log, "ba");
+  assert_no_leaks();
+}

@@ -89,6 +89,28 @@ wd_time wd_now(const wd_task *self);
 int wd_runtime_post(wd_runtime *rt, void (*fn)(wd_runtime *rt, void *arg),
                     void *arg);
 
+/* A runtime extension: per-runtime state of a layer above the core (the
+ * registry of live resources, the default manager), found by its key and
+ * told when the runtime ends.  Lives in the caller's memory (it may be
+ * allocated and free itself in at_exit). */
+typedef struct wd_runtime_ext {
+  const void *key; /* identity: the address of a static object */
+  /* Adds lines to wd_dump() after the task tree; may be NULL. */
+  void (*dump)(struct wd_runtime_ext *e, FILE *out);
+  /* Runs once after every task ended, newest extension first, before
+   * wd_run() returns: report leaks, free the state.  wd_runtime_current()
+   * is still rt; it must not block or spawn.  May be NULL. */
+  void (*at_exit)(struct wd_runtime_ext *e, wd_runtime *rt);
+  struct wd_runtime_ext *next_;
+} wd_runtime_ext;
+
+/* Attach e to rt.  Returns 0, WD_EINVAL (NULL rt, e or key) or WD_EBUSY
+ * (an extension with that key is attached).  Checkpoint: no. */
+int wd_runtime_ext_add(wd_runtime *rt, wd_runtime_ext *e);
+
+/* The extension of rt with that key, or NULL.  Checkpoint: no. */
+wd_runtime_ext *wd_runtime_ext_get(const wd_runtime *rt, const void *key);
+
 /* Counters of a runtime, for tests and monitoring. */
 typedef struct wd_runtime_stats {
   size_t tasks;           /* live tasks, including the root */

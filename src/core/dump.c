@@ -92,4 +92,6 @@ void wd_dump(FILE *out) {
           (double)wd__now(rt) / (double)WD_SEC);
   if (rt->root && rt->root->state != WD__DONE) dump_task(rt, out, rt->root, 0);
   wd__blocking_dump(rt, out);
+  for (wd_runtime_ext *e = rt->exts; e; e = e->next_)
+    if (e->dump) e->dump(e, out);
 }

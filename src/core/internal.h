@@ -243,6 +243,7 @@ struct wd_runtime {
   bool await_posts;
   int deadlocks;         /* times a deadlock was found */
   wd__stack_pool *pools; /* one per stack size class */
+  wd_runtime_ext *exts;  /* newest first */
   pthread_mutex_t post_mu;
   wd__post *post_head, *post_tail;
   bool post_closed;

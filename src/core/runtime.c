@@ -249,6 +249,37 @@ static void runtime_fini(wd_runtime *rt) {
   pthread_mutex_destroy(&rt->post_mu);
 }
 
+int wd_runtime_ext_add(wd_runtime *rt, wd_runtime_ext *e) {
+  if (!rt || !e || !e->key)
+    return wd_fail(wd_self(), WD_EINVAL, "wd_runtime_ext_add: NULL %s",
+                   !rt  ? "runtime"
+                   : !e ? "extension"
+                        : "key");
+  if (wd_runtime_ext_get(rt, e->key))
+    return wd_fail(wd_self(), WD_EBUSY,
+                   "wd_runtime_ext_add: key already attached");
+  e->next_ = rt->exts;
+  rt->exts = e;
+  return 0;
+}
+
+wd_runtime_ext *wd_runtime_ext_get(const wd_runtime *rt, const void *key) {
+  for (wd_runtime_ext *e = rt ? rt->exts : NULL; e; e = e->next_)
+    if (e->key == key) return e;
+  return NULL;
+}
+
+/* Extensions end after the last task and before the loop closes, so that a
+ * leak report can still name what it finds.  An at_exit may free its own
+ * extension: read next_ first. */
+static void exts_exit(wd_runtime *rt) {
+  while (rt->exts) {
+    wd_runtime_ext *e = rt->exts;
+    rt->exts = e->next_;
+    if (e->at_exit) e->at_exit(e, rt);
+  }
+}
+
 int wd_run_with(const wd_runtime_opts *opts, wd_task_fn main, void *arg) {
   wd_runtime_opts o = opts ? *opts : (wd_runtime_opts){0};
   if (!main) return wd_fail(NULL, WD_EINVAL, "wd_run: main is NULL");
@@ -294,6 +325,7 @@ int wd_run_with(const wd_runtime_opts *opts, wd_task_fn main, void *arg) {
   rt->root->is_root = true;
   wd_error_clear(NULL);
   run_loop(rt);
+  exts_exit(rt);
   runtime_fini(rt);
   int status = rt->root_status;
   wd__overflow_uninstall(rt);
