@@ -44,7 +44,7 @@ static void run_posts(wd_runtime *rt) {
 /* A callback that made a task ready must not let uv_run(UV_RUN_ONCE) go on
  * to block in the poll: libuv 1.44 runs due timers before polling. */
 static void stop_if_ready(wd_runtime *rt) {
-  if (!wd__list_empty(&rt->runq)) uv_stop(&rt->loop);
+  if (!wd__runq_empty(rt)) uv_stop(&rt->loop);
 }
 
 static void on_async(uv_async_t *a) {
@@ -176,7 +176,7 @@ static void idle(wd_runtime *rt) {
   wd__timers_expire(rt, wd__now(rt));
   if (atomic_load_explicit(&rt->post_pending, memory_order_relaxed))
     run_posts(rt);
-  if (!wd__list_empty(&rt->runq)) return;
+  if (!wd__runq_empty(rt)) return;
   if (wd__stacks_trim(rt, 1024)) {
     /* More to give back: poll without blocking, trim again next round. */
     uv_run(&rt->loop, UV_RUN_NOWAIT);
@@ -191,9 +191,9 @@ static void idle(wd_runtime *rt) {
 
 static void run_loop(wd_runtime *rt) {
   while (rt->ntasks > 0) {
-    if (!wd__list_empty(&rt->runq)) {
+    if (!wd__runq_empty(rt)) {
       wd__sched_run_batch(rt, WD__BUDGET);
-      if (!wd__list_empty(&rt->runq)) poll_busy(rt);
+      if (!wd__runq_empty(rt)) poll_busy(rt);
     } else {
       idle(rt);
     }
@@ -215,7 +215,7 @@ static int runtime_init(wd_runtime *rt, const wd_runtime_opts *o) {
   }
   uv_unref((uv_handle_t *)&rt->async);
   pthread_mutex_init(&rt->post_mu, NULL);
-  wd__list_init(&rt->runq);
+  rt->runq_tail = &rt->runq_head;
   wd__list_init(&rt->blocking);
   rt->clock = o->clock;
   rt->guard = o->guard;
@@ -321,7 +321,7 @@ int wd_run_with(const wd_runtime_opts *opts, wd_task_fn main, void *arg) {
     wd__free(rt);
     return wd_fail(NULL, WD_ENOMEM, "wd_run: no memory for the root task");
   }
-  rt->root = wd__container_of(rt->runq.next_, wd_task, runq);
+  rt->root = rt->runq_head;
   rt->root->is_root = true;
   wd_error_clear(NULL);
   run_loop(rt);

@@ -79,10 +79,10 @@ static inline void switch_away(wd_task *self) {
   wd_runtime *rt = self->rt;
   wd_task *next = &rt->sched;
   if (WD_LIKELY(rt->budget)) {
-    wd_link *l = wd__list_pop_front(&rt->runq);
-    if (l) {
+    wd_task *t = wd__runq_pop(rt);
+    if (t) {
       rt->budget--;
-      next = wd__container_of(l, wd_task, runq);
+      next = t;
     }
   }
   if (next == self) {
@@ -97,10 +97,10 @@ void wd__switch_away(wd_task *self) { switch_away(self); }
 /* Run ready tasks from the scheduler context until the queue is empty or
  * the budget is spent. */
 void wd__sched_run_batch(wd_runtime *rt, unsigned budget) {
-  wd_link *l = wd__list_pop_front(&rt->runq);
-  if (!l) return;
+  wd_task *t = wd__runq_pop(rt);
+  if (!t) return;
   rt->budget = budget;
-  switch_to(rt, &rt->sched, wd__container_of(l, wd_task, runq));
+  switch_to(rt, &rt->sched, t);
 }
 
 int wd_yield(wd_task *self) {
