@@ -10,8 +10,11 @@
 #include "warden/blocking.h"
 #include "warden/cancel.h"
 #include "warden/error.h"
+#include "warden/flow.h"
 #include "warden/group.h"
+#include "warden/ratelimit.h"
 #include "warden/runtime.h"
+#include "warden/sync.h"
 #include "warden/task.h"
 #include "warden/types.h"
 

@@ -361,3 +361,88 @@ Test(task, stacks_past_the_guard_budget_use_canaries) {
   cr_assert_eq(run_virtual(budget_main, &p), 0);
   assert_no_leaks();
 }
+
+/* wd_task_wait: the record a blocked task is parked on; NULL while it is
+ * ready, running or done. */
+static bool wait_unlink(wd_wait *w) { return true; }
+
+static int wait_target(wd_task *self, void *arg) {
+  wd_wait *w = arg;
+  *w = (wd_wait){.what = "event", .name = "go", .on_cancel = wait_unlink};
+  return wd_park(self, w);
+}
+
+static int task_wait_main(wd_task *self, void *arg) {
+  wd_group g;
+  wd_handle h;
+  wd_wait w;
+  wd_group_enter(self, &g, NULL);
+  wd_spawn(&g, wait_target, &w, &(wd_spawn_opts){.handle = &h});
+  cr_assert_null(wd_task_wait(h.task), "ready, not started");
+  cr_assert_null(wd_task_wait(self), "running");
+  cr_assert_null(wd_task_wait(NULL));
+  cr_assert_eq(wd_yield(self), 0);
+  const wd_wait *seen = wd_task_wait(h.task);
+  cr_assert_eq(seen, &w);
+  cr_assert_str_eq(seen->what, "event");
+  cr_assert_str_eq(seen->name, "go");
+  cr_assert_eq(seen->task, h.task);
+  wd_wake(&w, 0);
+  cr_assert_null(wd_task_wait(h.task), "woken: ready again");
+  return wd_group_exit(self, &g, 0);
+}
+
+Test(task, task_wait_shows_what_a_blocked_task_waits_on) {
+  cr_assert_eq(run_virtual(task_wait_main, NULL), 0);
+  assert_no_leaks();
+}
+
+/* wd_task_hold: on_exit runs for what a task still holds when it ends,
+ * once, after its body and before its handle is done; a hold given back
+ * with wd_task_unhold is not reported. */
+typedef struct held {
+  wd_hold hold; /* first: on_exit casts back */
+  int calls;
+  uint64_t task_id;
+  wd_handle *h;
+  bool handle_done;
+} held;
+
+static void held_exit(wd_hold *h, wd_task *task) {
+  held *x = (held *)h;
+  x->calls++;
+  x->task_id = wd_task_id(task);
+  x->handle_done = x->h->done;
+}
+
+static int holder_task(wd_task *self, void *arg) {
+  held *x = arg;
+  wd_task_hold(self, &x[0].hold);
+  wd_task_hold(self, &x[1].hold);
+  wd_task_hold(self, &x[2].hold);
+  wd_task_unhold(self, &x[1].hold);
+  return wd_yield(self);
+}
+
+static int task_hold_main(wd_task *self, void *arg) {
+  held *x = arg;
+  wd_group g;
+  wd_handle h;
+  for (int i = 0; i < 3; i++)
+    x[i] = (held){.hold = {.on_exit = held_exit}, .h = &h};
+  wd_group_enter(self, &g, NULL);
+  wd_spawn(&g, holder_task, x, &(wd_spawn_opts){.handle = &h});
+  cr_assert_eq(wd_group_exit(self, &g, 0), 0);
+  cr_assert_eq(x[0].task_id, h.id);
+  return 0;
+}
+
+Test(task, task_hold_reports_what_an_ending_task_still_holds) {
+  held x[3];
+  cr_assert_eq(run_virtual(task_hold_main, x), 0);
+  cr_assert_eq(x[0].calls, 1);
+  cr_assert_eq(x[1].calls, 0, "given back: not reported");
+  cr_assert_eq(x[2].calls, 1);
+  cr_assert_not(x[0].handle_done, "before the handle is done");
+  assert_no_leaks();
+}
