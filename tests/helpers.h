@@ -17,10 +17,13 @@ static inline int run_virtual(wd_task_fn fn, void *arg) {
   return wd_run_with(&o, fn, arg);
 }
 
-/* Every test ends here: the runtime is gone and so is every block. */
+/* Every test ends here: the runtime is gone and so is every block and
+ * every resource. */
 static inline void assert_no_leaks(void) {
   wd_error_clear(NULL);
   cr_assert_eq(wd_alloc_live(), 0, "%ld warden blocks leaked", wd_alloc_live());
+  cr_assert_eq(wd_resource_leaks(), 0, "%llu resources left open",
+               (unsigned long long)wd_resource_leaks());
 #if WD_TEST_LSAN
   cr_assert_eq(__lsan_do_recoverable_leak_check(), 0,
                "LeakSanitizer found leaks (report above)");

@@ -978,3 +978,63 @@ Test(group, egroup_is_recorded_even_when_its_record_cannot_be_allocated) {
   }
   cr_assert(done);
 }
+
+/* ---- detaching and restoring errors ------------------------------------- */
+
+static int detach_main(wd_task *self, void *arg) {
+  (void)arg;
+  cr_assert_null(wd_error_detach(self), "no error: nothing to detach");
+  wd_fail(self, WD_EPERM, "first %d", 1);
+  wd_error *first = wd_error_detach(self);
+  cr_assert_not_null(first);
+  cr_assert_null(wd_task_error(self), "the slot is empty after detaching");
+  /* A cleanup's failure cannot free the detached error. */
+  wd_wrap(self, -EIO, "close failed");
+  wd_error *second = wd_error_detach(self);
+  cr_assert_eq(wd_error_add_secondary(first, second), 0);
+  cr_assert_eq(wd_error_add_secondary(first, NULL), 0, "counted only");
+  cr_assert_eq(first->nsecondary, 2);
+  cr_assert_eq(first->nsecondary_kept, 1);
+  cr_assert_eq(first->secondary[0]->code, -EIO);
+  wd_fail(self, WD_EBUSY, "recorded meanwhile");
+  wd_error_restore(self, first); /* frees the one recorded meanwhile */
+  const wd_error *e = wd_task_error(self);
+  cr_assert_eq(e, first);
+  char buf[512];
+  wd_error_format(e, buf, sizeof buf);
+  cr_assert_not_null(strstr(buf, "WD_EPERM: first 1"), "%s", buf);
+  cr_assert_not_null(strstr(buf, "(+2 cleanup errors)"), "%s", buf);
+  cr_assert_not_null(strstr(buf, "cleanup: EIO: close failed"), "%s", buf);
+  /* Ownership: add_secondary on NULL frees what it was given. */
+  wd_fail(self, WD_EAGAIN, "orphan");
+  cr_assert_eq(wd_error_add_secondary(NULL, wd_error_detach(self)), WD_EINVAL);
+  wd_error_free(NULL);
+  wd_error_restore(self, NULL);
+  cr_assert_null(wd_task_error(self));
+  return 0;
+}
+
+Test(group, errors_can_be_detached_given_secondaries_and_restored) {
+  cr_assert_eq(wd_run(detach_main, NULL), 0);
+  assert_no_leaks();
+}
+
+static int secondary_oom_main(wd_task *self, void *arg) {
+  (void)arg;
+  wd_fail(self, WD_EPERM, "first");
+  wd_error *first = wd_error_detach(self);
+  wd_fail(self, -EIO, "second");
+  wd_error *second = wd_error_detach(self);
+  wd_alloc_fail_after(1);
+  cr_assert_eq(wd_error_add_secondary(first, second), WD_ENOMEM);
+  wd_alloc_fail_after(0);
+  cr_assert_eq(first->nsecondary, 1, "still counted");
+  cr_assert_eq(first->nsecondary_kept, 0, "detail dropped, and freed");
+  wd_error_free(first);
+  return 0;
+}
+
+Test(group, a_secondary_that_cannot_be_kept_is_counted_and_freed) {
+  cr_assert_eq(wd_run(secondary_oom_main, NULL), 0);
+  assert_no_leaks();
+}

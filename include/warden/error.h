@@ -76,7 +76,11 @@ typedef struct wd_error {
   struct wd_error **children; /* for WD_EGROUP: each failed child */
   size_t nchildren;
   size_t nsecondary; /* cleanup errors counted while this one stood */
-  char *owned_msg_;  /* private */
+  /* The cleanup errors whose detail was kept (at most nsecondary: a detail
+   * that could not be kept is only counted). */
+  struct wd_error **secondary;
+  size_t nsecondary_kept;
+  char *owned_msg_; /* private */
 } wd_error;
 
 /* Record a detailed error on self (or on the calling thread when self is NULL
@@ -106,6 +110,27 @@ const wd_error *wd_last_error(void);
 
 /* Forget self's last error (the calling thread's when self is NULL). */
 void wd_error_clear(wd_task *self);
+
+/* Take self's current error out of it (the calling thread's when self is
+ * NULL and no task runs): the caller owns the result, and self has no
+ * error.  For code that runs cleanups after a failure and must not let a
+ * cleanup's wd_fail() replace the error that caused it.  Returns NULL when
+ * there is none (or its detail could not be moved for want of memory; the
+ * slot is empty either way).  Checkpoint: no. */
+wd_error *wd_error_detach(wd_task *self);
+
+/* Make e self's current error (NULL clears), freeing the one recorded
+ * since.  Takes ownership of e.  Checkpoint: no. */
+void wd_error_restore(wd_task *self, wd_error *e);
+
+/* Count sec as a cleanup error that happened while e stood, and keep its
+ * detail in e->secondary.  Takes ownership of sec (may be NULL: counted
+ * only).  Returns 0, or WD_ENOMEM when the detail could not be kept (sec
+ * is freed, the count still grows). */
+int wd_error_add_secondary(wd_error *e, wd_error *sec);
+
+/* Free a detached error and everything it holds.  NULL is a no-op. */
+void wd_error_free(wd_error *e);
 
 /* Write err and its whole chain (causes, group children) as indented text.
  * Returns the length the full text needs, like snprintf; buf may be NULL

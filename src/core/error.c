@@ -66,6 +66,9 @@ void wd__error_free(wd_error *e) {
     for (size_t i = 0; i < e->nchildren; i++)
       wd__error_free(e->children[i]);
     wd__free(e->children);
+    for (size_t i = 0; i < e->nsecondary_kept; i++)
+      wd__error_free(e->secondary[i]);
+    wd__free(e->secondary);
     wd__free(e->owned_msg_);
     wd__free(e);
     e = cause;
@@ -161,6 +164,32 @@ int wd_error_wrap_(wd_task *self, const char *file, int line, int code,
   return code;
 }
 
+wd_error *wd_error_detach(wd_task *self) { return wd__error_take(self); }
+
+void wd_error_restore(wd_task *self, wd_error *e) {
+  wd__error_replace(self, e);
+}
+
+void wd_error_free(wd_error *e) { wd__error_free(e); }
+
+int wd_error_add_secondary(wd_error *e, wd_error *sec) {
+  if (!e) {
+    wd__error_free(sec);
+    return WD_EINVAL;
+  }
+  e->nsecondary++;
+  if (!sec) return 0;
+  wd_error **a =
+      wd__realloc(e->secondary, (e->nsecondary_kept + 1) * sizeof *a);
+  if (!a) {
+    wd__error_free(sec);
+    return WD_ENOMEM;
+  }
+  a[e->nsecondary_kept++] = sec;
+  e->secondary = a;
+  return 0;
+}
+
 const wd_error *wd_task_error(const wd_task *task) {
   return task ? task->err : NULL;
 }
@@ -206,6 +235,8 @@ static void format_one(sbuf *b, const wd_error *e, int depth,
     sb_printf(b, "\n");
     for (size_t i = 0; i < e->nchildren; i++)
       format_one(b, e->children[i], depth + 1, "- ");
+    for (size_t i = 0; i < e->nsecondary_kept; i++)
+      format_one(b, e->secondary[i], depth + 1, "cleanup: ");
   }
 }
 
