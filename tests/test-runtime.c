@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <uv.h>
 
 #include "helpers.h"
 
@@ -715,5 +716,48 @@ Test(runtime, extensions_are_found_by_key_dumped_and_ended_newest_first) {
   ext_log[0] = '\0';
   cr_assert_eq(wd_run(ext_main, NULL), 0);
   cr_assert_str_eq(ext_log, "ba");
+  assert_no_leaks();
+}
+
+/* ---- the libuv loop underneath ------------------------------------------ */
+
+typedef struct own_timer {
+  uv_timer_t t;
+  wd_wait w;
+  int fired;
+} own_timer;
+
+static void own_fire(uv_timer_t *t) {
+  own_timer *o = t->data;
+  o->fired++;
+  wd_wake(&o->w, 42);
+}
+
+static void own_closed(uv_handle_t *h) {
+  own_timer *o = h->data;
+  wd_wake(&o->w, 7);
+}
+
+static int own_loop_main(wd_task *self, void *arg) {
+  (void)arg;
+  cr_assert_null(wd_runtime_loop(NULL));
+  uv_loop_t *loop = wd_runtime_loop(wd_task_runtime(self));
+  cr_assert_not_null(loop);
+  own_timer o = {.w = {.what = "own timer"}};
+  uv_timer_init(loop, &o.t);
+  o.t.data = &o;
+  uv_timer_start(&o.t, own_fire, 1, 0);
+  /* Parked on a handle of our own: an active handle is not a deadlock. */
+  cr_assert_eq(wd_park(self, &o.w), 42);
+  cr_assert_eq(o.fired, 1);
+  /* The handle lives in this frame: wait until libuv is done with it. */
+  o.w = (wd_wait){.what = "own timer close"};
+  uv_close((uv_handle_t *)&o.t, own_closed);
+  cr_assert_eq(wd_park(self, &o.w), 7);
+  return 0;
+}
+
+Test(runtime, a_handle_of_our_own_on_the_loop_can_wake_a_task) {
+  cr_assert_eq(wd_run(own_loop_main, NULL), 0);
   assert_no_leaks();
 }

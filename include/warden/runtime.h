@@ -72,6 +72,15 @@ int wd_run_with(const wd_runtime_opts *opts, wd_task_fn main, void *arg);
 /* The runtime running on this thread, or NULL. */
 wd_runtime *wd_runtime_current(void);
 
+/* The libuv loop under rt, for layers and programs that drive libuv
+ * handles of their own (signals, sockets): their callbacks run on rt's
+ * thread between tasks and may wd_wake() a parked task.  Close every handle
+ * you open, and wait for its close callback, before the task whose memory
+ * holds it ends (libuv touches the handle until then) and before the root
+ * task returns (an open handle keeps wd_run() from closing the loop).
+ * NULL for a NULL rt. */
+struct uv_loop_s *wd_runtime_loop(wd_runtime *rt);
+
 /* The current time of task's runtime clock, in ns.  Checkpoint: no. */
 wd_time wd_now(const wd_task *self);
 

@@ -221,6 +221,7 @@ struct wd_runtime {
   uv_loop_t loop;
   uv_timer_t timer;
   uv_async_t async;
+  uv_prepare_t prepare; /* keeps the poll from blocking with tasks ready */
   /* The run queue: singly linked FIFO (tasks are only appended and taken
    * from the front), two stores cheaper per switch than a list. */
   wd_task *runq_head, **runq_tail;

@@ -47,6 +47,11 @@ static void stop_if_ready(wd_runtime *rt) {
   if (!wd__runq_empty(rt)) uv_stop(&rt->loop);
 }
 
+/* Runs just before libuv polls.  A callback of a handle warden does not
+ * own (a user's timer or signal) may have made a task ready; stopping the
+ * loop here makes the poll return at once instead of blocking. */
+static void on_prepare(uv_prepare_t *p) { stop_if_ready(p->loop->data); }
+
 static void on_async(uv_async_t *a) {
   run_posts(a->loop->data);
   stop_if_ready(a->loop->data);
@@ -214,6 +219,9 @@ static int runtime_init(wd_runtime *rt, const wd_runtime_opts *o) {
     return rc;
   }
   uv_unref((uv_handle_t *)&rt->async);
+  uv_prepare_init(&rt->loop, &rt->prepare);
+  uv_prepare_start(&rt->prepare, on_prepare);
+  uv_unref((uv_handle_t *)&rt->prepare);
   pthread_mutex_init(&rt->post_mu, NULL);
   rt->runq_tail = &rt->runq_head;
   wd__list_init(&rt->blocking);
@@ -244,6 +252,7 @@ static void runtime_fini(wd_runtime *rt) {
     uv_run(&rt->loop, UV_RUN_ONCE);
   uv_close((uv_handle_t *)&rt->timer, NULL);
   uv_close((uv_handle_t *)&rt->async, NULL);
+  uv_close((uv_handle_t *)&rt->prepare, NULL);
   uv_run(&rt->loop, UV_RUN_DEFAULT);
   uv_loop_close(&rt->loop);
   pthread_mutex_destroy(&rt->post_mu);
@@ -335,6 +344,8 @@ int wd_run_with(const wd_runtime_opts *opts, wd_task_fn main, void *arg) {
   wd__free(rt);
   return status;
 }
+
+uv_loop_t *wd_runtime_loop(wd_runtime *rt) { return rt ? &rt->loop : NULL; }
 
 int wd_run(wd_task_fn main, void *arg) { return wd_run_with(NULL, main, arg); }
 
