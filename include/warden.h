@@ -7,11 +7,13 @@
 #define WARDEN_H
 
 #include "warden/alloc.h"
+#include "warden/batcher.h"
 #include "warden/blocking.h"
 #include "warden/cancel.h"
 #include "warden/error.h"
 #include "warden/flow.h"
 #include "warden/group.h"
+#include "warden/guard.h"
 #include "warden/ratelimit.h"
 #include "warden/resource.h"
 #include "warden/runtime.h"
