@@ -139,14 +139,24 @@ Test(blocking, runs_fn_on_another_thread) {
 typedef struct canceller {
   gate *gate;
   wd_blocking_policy policy;
-  int rc;      /* what wd_blocking returned */
-  int next_rc; /* what the next checkpoint returned */
+  int done_calls, done_rc, done_left; /* on_abandoned_done's record */
+  int rc;                             /* what wd_blocking returned */
+  int next_rc;                        /* what the next checkpoint returned */
   bool returned;
 } canceller;
 
+static void abandoned_done(void *arg, int rc) {
+  canceller *c = arg;
+  c->done_calls++;
+  c->done_rc = rc;
+  c->done_left = gate_finished(c->gate);
+}
+
 static int blocking_child(wd_task *self, void *arg) {
   canceller *c = arg;
-  c->rc = wd_blocking(self, gated_fn, c->gate, c->policy);
+  wd_blocking_opts o = {
+      .policy = c->policy, .on_abandoned_done = abandoned_done, .done_arg = c};
+  c->rc = wd_blocking_with(self, gated_fn, c->gate, &o);
   c->returned = true;
   c->next_rc = wd_yield(self);
   return 0;
@@ -189,6 +199,7 @@ Test(blocking, wait_policy_cancel_waits_for_fn_and_returns_its_result) {
                c.rc);
   cr_assert_eq(c.next_rc, WD_ECANCELED,
                "the next checkpoint must see the cancel (got %d)", c.next_rc);
+  cr_assert_eq(c.done_calls, 0, "a call that was not abandoned: no hook");
   cr_assert_eq(gate_finished(&gt), 1);
   gate_fini(&gt);
   assert_no_leaks();
@@ -247,6 +258,9 @@ Test(blocking, abandon_policy_cancel_returns_at_once_and_runtime_waits) {
   cr_assert_eq(wd_run(abandon_main, &c), 0);
   cr_assert_eq(gate_finished(&gt), 1,
                "wd_run() returned before the abandoned call finished");
+  cr_assert_eq(c.done_calls, 1, "on_abandoned_done runs once");
+  cr_assert_eq(c.done_rc, 5, "with fn's real result");
+  cr_assert_eq(c.done_left, 1, "and only after fn returned");
   gate_fini(&gt);
   /* The work record of the abandoned call is freed by the loop only once
    * the pool thread hands it back: no leak proves that wd_run() waited for

@@ -33,6 +33,24 @@ typedef enum wd_blocking_policy {
 int wd_blocking(wd_task *self, int (*fn)(void *arg), void *arg,
                 wd_blocking_policy policy);
 
+/* Options of wd_blocking_with(); zero is wd_blocking()'s WD_BLOCKING_WAIT. */
+typedef struct wd_blocking_opts {
+  wd_blocking_policy policy;
+  /* With WD_BLOCKING_ABANDON: called once on the runtime's thread, outside
+   * any task, when an abandoned fn has really returned, with its result.
+   * This is where capacity the work held (a limiter permit, a pool item)
+   * is given back: never earlier.  Not called when fn returned before its
+   * caller was cancelled, nor when the call was withdrawn before a thread
+   * took it (then fn never runs).  Must not block; may wake tasks. */
+  void (*on_abandoned_done)(void *done_arg, int rc);
+  void *done_arg;
+} wd_blocking_opts;
+
+/* wd_blocking() with options (NULL = defaults).  Same contract; the
+ * runtime does not end before an abandoned call's on_abandoned_done ran. */
+int wd_blocking_with(wd_task *self, int (*fn)(void *arg), void *arg,
+                     const wd_blocking_opts *opts);
+
 #ifdef __cplusplus
 }
 #endif

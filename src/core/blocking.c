@@ -20,6 +20,8 @@ typedef struct wd__work {
   void *arg;
   int rc;
   wd_blocking_policy policy;
+  void (*on_done)(void *, int);
+  void *done_arg;
   bool orphan, abandoned;
   uint64_t task_id;
   uint64_t started_ms;
@@ -38,6 +40,7 @@ static void after_cb(uv_work_t *req, int status) {
   rt->nblocking--;
   if (w->abandoned) rt->nabandoned--;
   if (w->orphan) {
+    if (w->abandoned && w->on_done) w->on_done(w->done_arg, w->rc);
     wd__free(w);
     return;
   }
@@ -61,6 +64,14 @@ static bool work_cancel(wd_wait *wt) {
 
 int wd_blocking(wd_task *self, int (*fn)(void *arg), void *arg,
                 wd_blocking_policy policy) {
+  wd_blocking_opts o = {.policy = policy};
+  return wd_blocking_with(self, fn, arg, &o);
+}
+
+int wd_blocking_with(wd_task *self, int (*fn)(void *arg), void *arg,
+                     const wd_blocking_opts *opts) {
+  wd_blocking_opts o = opts ? *opts : (wd_blocking_opts){0};
+  wd_blocking_policy policy = o.policy;
   if (!self || !fn)
     return wd_fail(self, WD_EINVAL, "wd_blocking: NULL %s",
                    !self ? "task" : "fn");
@@ -75,6 +86,8 @@ int wd_blocking(wd_task *self, int (*fn)(void *arg), void *arg,
   w->fn = fn;
   w->arg = arg;
   w->policy = policy;
+  w->on_done = o.on_abandoned_done;
+  w->done_arg = o.done_arg;
   w->task_id = self->id;
   w->started_ms = wd__loop_ms(rt);
   memcpy(w->task_name, wd_task_name(self), sizeof w->task_name);
