@@ -761,3 +761,31 @@ Test(runtime, a_handle_of_our_own_on_the_loop_can_wake_a_task) {
   cr_assert_eq(wd_run(own_loop_main, NULL), 0);
   assert_no_leaks();
 }
+
+/* On the virtual clock, ages and blocked times in dumps are virtual too. */
+static int long_napper(wd_task *self, void *arg) {
+  (void)arg;
+  return wd_sleep(self, 10 * WD_SEC);
+}
+
+static int virtual_ages_main(wd_task *self, void *arg) {
+  char *buf = arg;
+  wd_group g;
+  wd_group_enter(self, &g, &(wd_group_opts){.name = "nappers"});
+  wd_spawn(&g, long_napper, NULL, &(wd_spawn_opts){.name = "napper"});
+  wd_sleep(self, 1500 * WD_MSEC);
+  FILE *f = fmemopen(buf, 8191, "w");
+  wd_dump(f);
+  fclose(f);
+  return wd_group_exit(self, &g, 0);
+}
+
+Test(runtime, dump_ages_follow_the_virtual_clock) {
+  static char buf[8192];
+  cr_assert_eq(run_virtual(virtual_ages_main, buf), 0);
+  cr_assert_not_null(strstr(buf, "root, age 1.500 s"), "%s", buf);
+  cr_assert_not_null(strstr(buf, "'napper': blocked 1.500 s on sleep"), "%s",
+                     buf);
+  cr_assert_not_null(strstr(buf, "(8.500 s left)"), "%s", buf);
+  assert_no_leaks();
+}

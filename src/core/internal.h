@@ -336,8 +336,14 @@ wd_error *wd__error_new(int code, const char *file, int line, const char *fmt,
 void wd__error_replace(wd_task *t, wd_error *e);
 void wd__thread_error_free(void);
 
-/* libuv's cached loop time in ms: free to read, for ages in dumps. */
-static inline uint64_t wd__loop_ms(wd_runtime *rt) { return rt->loop.time; }
+/* The runtime clock in whole ms, nearly free to read, for ages in dumps
+ * and stack retention: libuv's cached loop time on the real clock, the
+ * virtual clock itself on the virtual one (so ages agree with wd_now). */
+static inline uint64_t wd__loop_ms(wd_runtime *rt) {
+  if (WD_UNLIKELY(rt->clock == WD_CLOCK_VIRTUAL))
+    return (uint64_t)(rt->vnow / WD_MSEC);
+  return rt->loop.time;
+}
 /* The last component of a __FILE__ path, for messages. */
 const char *wd__basename(const char *path);
 const char *wd__state_name(int state);

@@ -248,12 +248,9 @@ static int carve(wd_runtime *rt, wd__stack_pool *p, wd__stack *st) {
   return 0;
 }
 
-/* Retention is measured on the runtime's clock, coarsely and for free:
- * libuv's cached loop time, or the virtual clock (so tests can drive it). */
-static uint64_t coarse_ms(wd_runtime *rt) {
-  return rt->clock == WD_CLOCK_VIRTUAL ? (uint64_t)(rt->vnow / WD_MSEC)
-                                       : wd__loop_ms(rt);
-}
+/* Retention is measured on the runtime's clock, coarsely and for free
+ * (so tests can drive it with the virtual clock). */
+static uint64_t coarse_ms(wd_runtime *rt) { return wd__loop_ms(rt); }
 
 int wd__stack_get(wd_runtime *rt, size_t size, wd__stack *out) {
   int c = size ? class_of(size) : rt->default_class;
