@@ -450,6 +450,37 @@ Test(breaker, an_outcome_from_an_earlier_state_does_not_move_it) {
   assert_no_leaks();
 }
 
+/* The same through wd_breaker_call(), whose closed-state success path is
+ * inlined: a call that began before the breaker opened and was reset
+ * ends in a closed breaker again, but a new generation of it. */
+static int late_call(wd_task *self, void *arg) {
+  wd_breaker b;
+  cr_assert_eq(wd_breaker_init(&b, &(wd_breaker_opts){.window_size = 2}), 0);
+  prober p = {&b, WD_SEC, 0, 1};
+  wd_group g;
+  cr_assert_eq(wd_group_enter(self, &g, NULL), 0);
+  cr_assert_eq(wd_spawn(&g, probe_task, &p, NULL), 0);
+  cr_assert_eq(wd_yield(self), 0); /* it began while closed */
+  fail(self, &b);
+  fail(self, &b);
+  cr_assert_eq(state(&b), WD_BREAKER_OPEN);
+  wd_breaker_reset(self, &b);
+  cr_assert_eq(state(&b), WD_BREAKER_CLOSED);
+  cr_assert_eq(wd_group_exit(self, &g, 0), 0);
+  cr_assert_eq(p.rc, 0);
+  wd_breaker_stats st;
+  wd_breaker_stats_get(&b, &st);
+  cr_assert_eq(st.successes, 1, "counted in the totals");
+  cr_assert_eq(st.window_calls, 0, "not in the window of the new closed spell");
+  wd_breaker_deinit(&b);
+  return 0;
+}
+
+Test(breaker, a_late_success_through_call_is_not_put_in_a_newer_window) {
+  cr_assert_eq(run_virtual(late_call, NULL), 0);
+  assert_no_leaks();
+}
+
 /* ---- hook, reset, arguments -------------------------------------------- */
 
 typedef struct changes {

@@ -365,6 +365,72 @@ Test(ratelimit, a_waiter_past_its_deadline_takes_nothing) {
   assert_no_leaks();
 }
 
+/* A waiter behind the head that is cancelled still reads and writes the
+ * limiter when it runs (its statistics, its message): until it has
+ * returned, deinit must refuse, or the caller could free the limiter under
+ * it.  The head is cancelled first and a third task, woken next, tries to
+ * deinit: it runs after the head has left but before the other waiter. */
+typedef struct gone {
+  wd_ratelimit rl;
+  wd_event go;
+  int rc[2], deinit_rc;
+  wd_handle h[2];
+} gone;
+
+static int gone_waiter(wd_task *self, void *arg) {
+  gone *g = arg;
+  int i = wd_task_name(self)[0] - 'a';
+  g->rc[i] = wd_ratelimit_acquire(self, &g->rl, 1);
+  return 0;
+}
+
+static int gone_deiniter(wd_task *self, void *arg) {
+  gone *g = arg;
+  cr_assert_eq(wd_event_wait(self, &g->go), 0);
+  g->deinit_rc = wd_ratelimit_deinit(&g->rl);
+  return 0;
+}
+
+static int deinit_gone_main(wd_task *self, void *arg) {
+  gone *c = arg;
+  cr_assert_eq(
+      wd_ratelimit_init(&c->rl, 1, WD_SEC, &(wd_ratelimit_opts){.name = "api"}),
+      0);
+  cr_assert_eq(wd_ratelimit_acquire(self, &c->rl, 1), 0);
+  cr_assert_eq(wd_event_init(&c->go, "go"), 0);
+  wd_group g;
+  cr_assert_eq(wd_group_enter(self, &g, NULL), 0);
+  cr_assert_eq(wd_spawn(&g, gone_deiniter, c, NULL), 0);
+  cr_assert_eq(wd_spawn(&g, gone_waiter, c,
+                        &(wd_spawn_opts){.name = "a", .handle = &c->h[0]}),
+               0);
+  cr_assert_eq(wd_spawn(&g, gone_waiter, c,
+                        &(wd_spawn_opts){.name = "b", .handle = &c->h[1]}),
+               0);
+  cr_assert_eq(wd_yield(self), 0);
+  wd_ratelimit_stats st;
+  wd_ratelimit_stats_get(&c->rl, &st);
+  cr_assert_eq(st.waiting, 2);
+  wd_handle_cancel(&c->h[0]);
+  cr_assert_eq(wd_event_set(&c->go), 0);
+  wd_handle_cancel(&c->h[1]);
+  cr_assert_eq(wd_group_exit(self, &g, 0), 0);
+  cr_assert_eq(wd_event_deinit(&c->go), 0);
+  wd_ratelimit_stats_get(&c->rl, &st);
+  cr_assert_eq(st.cancelled, 2);
+  cr_assert_eq(st.waiting, 0);
+  return wd_ratelimit_deinit(&c->rl);
+}
+
+Test(ratelimit, deinit_waits_until_a_cancelled_waiter_has_returned) {
+  gone c = {.rc = {1, 1}, .deinit_rc = 1};
+  cr_assert_eq(run_virtual(deinit_gone_main, &c), 0);
+  cr_assert_eq(c.rc[0], WD_ECANCELED);
+  cr_assert_eq(c.rc[1], WD_ECANCELED);
+  cr_assert_eq(c.deinit_rc, WD_EBUSY, "b had not returned yet");
+  assert_no_leaks();
+}
+
 /* ---- 1000 contending tasks -------------------------------------------- */
 
 #define CROWD 1000
@@ -514,6 +580,10 @@ static int call_main(wd_task *self, void *arg) {
   cr_assert_eq(wd_cancel_scope_enter(self, &s, NULL), 0);
   wd_cancel(&s);
   cr_assert_eq(wd_ratelimit_call(self, &rl, count_call, &calls), WD_ECANCELED);
+  const wd_error *e = wd_task_error(self);
+  cr_assert(e && e->code == WD_ECANCELED, "the cancellation is recorded");
+  cr_assert_str_eq(e->msg, "ratelimit 'ratelimit': 1 permit not acquired "
+                           "after 0.000 s (0 others waiting)");
   cr_assert_eq(wd_cancel_scope_exit(self, &s, WD_ECANCELED), 0);
   cr_assert_eq(calls, 4);
   wd_ratelimit_stats st;

@@ -144,6 +144,25 @@ Test(retry, defaults_are_three_attempts_from_100ms_doubling) {
   assert_no_leaks();
 }
 
+Test(retry, a_small_base_delay_still_grows_by_the_multiplier) {
+  /* d_k = base * multiplier^(k-1) in whole ns: 1, 1.5, 2.25, 3.375,
+   * 5.06, 7.59 ns -> 1, 1, 2, 3, 5, 7.  Truncating each step instead
+   * would stay at 1 ns for ever. */
+  scene sc = {.opts = {.max_attempts = 7,
+                       .base_delay = 1,
+                       .max_delay = WD_SEC,
+                       .multiplier = 1.5,
+                       .jitter = WD_JITTER_NONE},
+              .f = {.fail = -1}};
+  play(&sc);
+  cr_assert_eq(sc.f.n, 7);
+  wd_time want[] = {1, 1, 2, 3, 5, 7};
+  for (int i = 1; i < 7; i++)
+    cr_assert_eq(gap(&sc, i), want[i - 1], "back-off %d: %lld ns", i,
+                 (long long)gap(&sc, i));
+  assert_no_leaks();
+}
+
 static wd_time dmin(wd_time cap, double x) {
   return x >= (double)cap ? cap : (wd_time)x;
 }
@@ -206,6 +225,33 @@ Test(retry, equal_jitter_stays_within_half_and_the_delay) {
 
 Test(retry, decorrelated_jitter_stays_within_base_and_three_times_previous) {
   check_jitter(WD_JITTER_DECORRELATED);
+  assert_no_leaks();
+}
+
+Test(retry, decorrelated_jitter_is_capped_after_the_draw) {
+  /* min(max_delay, uniform in [base, 3 * previous]): with base 10 ms and
+   * max 20 ms, every draw is from a range reaching at least 30 ms, so at
+   * least half of the sleeps are exactly max_delay.  Drawing within
+   * [base, max_delay] instead would almost never give max_delay, and
+   * retry twice as often as the policy says once at the cap. */
+  int at_cap = 0, n = 0;
+  for (uint64_t seed = 1; seed <= 40; seed++) {
+    scene sc = {.opts = {.max_attempts = 10,
+                         .base_delay = 10 * WD_MSEC,
+                         .max_delay = 20 * WD_MSEC,
+                         .multiplier = 3,
+                         .jitter = WD_JITTER_DECORRELATED,
+                         .seed = seed},
+                .f = {.fail = -1}};
+    play(&sc);
+    for (int i = 1; i < 10; i++, n++) {
+      wd_time g = gap(&sc, i);
+      cr_assert(g >= 10 * WD_MSEC && g <= 20 * WD_MSEC, "slept %lld",
+                (long long)g);
+      at_cap += g == 20 * WD_MSEC;
+    }
+  }
+  cr_assert_gt(at_cap, n / 3, "%d of %d sleeps at max_delay", at_cap, n);
   assert_no_leaks();
 }
 
@@ -564,6 +610,43 @@ static int budget_min_main(wd_task *self, void *arg) {
 Test(retry, the_budgets_minimum_lets_a_quiet_caller_retry) {
   flaky f = {.fail = -1};
   cr_assert_eq(run_virtual(budget_min_main, &f), 0);
+  assert_no_leaks();
+}
+
+/* A retry that is not going to happen - its back-off would pass
+ * max_elapsed or the caller's deadline - must not spend the budget. */
+static int budget_unspent_main(wd_task *self, void *arg) {
+  flaky *f = arg;
+  wd_retry_budget b;
+  cr_assert_eq(wd_retry_budget_init(&b, NULL), 0);
+  wd_retry r;
+  cr_assert_eq(wd_retry_init(&r, &(wd_retry_opts){.base_delay = WD_SEC,
+                                                  .max_elapsed = WD_SEC / 2,
+                                                  .jitter = WD_JITTER_NONE,
+                                                  .budget = &b}),
+               0);
+  cr_assert_eq(wd_retry_call(self, &r, flaky_call, &f[0]), -EIO);
+  cr_assert_eq(f[0].n, 1);
+  cr_assert_eq(wd_retry_init(&r, &(wd_retry_opts){.base_delay = WD_SEC,
+                                                  .jitter = WD_JITTER_NONE,
+                                                  .budget = &b}),
+               0);
+  wd_cancel_scope s;
+  cr_assert_eq(wd_move_on_after(self, &s, WD_SEC / 2), 0);
+  cr_assert_eq(wd_retry_call(self, &r, flaky_call, &f[1]), -EIO);
+  cr_assert_eq(wd_cancel_scope_exit(self, &s, 0), 0);
+  cr_assert_eq(f[1].n, 1);
+  wd_retry_budget_stats st;
+  wd_retry_budget_stats_get(&b, &st);
+  cr_assert_eq(st.calls, 2);
+  cr_assert_eq(st.retries, 0, "no retry happened, none was withdrawn");
+  cr_assert_eq(st.denied, 0);
+  return 0;
+}
+
+Test(retry, a_retry_that_will_not_happen_does_not_spend_the_budget) {
+  flaky f[2] = {{.fail = -1}, {.fail = -1}};
+  cr_assert_eq(run_virtual(budget_unspent_main, f), 0);
   assert_no_leaks();
 }
 

@@ -202,6 +202,34 @@ Test(cond, cancellation_neither_loses_nor_swallows_a_signal) {
   assert_no_leaks();
 }
 
+/* A waiter that left the condition (signalled or cancelled) still has to
+ * take the lock back and may read the condition for its message: until it
+ * has returned, deinit must refuse.  (The lock must outlive the condition,
+ * so this also keeps the lock alive for the re-acquisition.) */
+static int deinit_leaving_main(wd_task *self, void *arg) {
+  cast *c = arg;
+  wd_group g;
+  setup(self, &g, c, 2, -1);
+  cr_assert_eq(wd_lock_acquire(self, &c->mu), 0);
+  wd_handle_cancel(&c->w[0].h);
+  cr_assert_eq(wd_cond_signal(&c->cv), 0);
+  cr_assert_eq(c->cv.nwaiting_, 0);
+  cr_assert_eq(wd_cond_deinit(&c->cv), WD_EBUSY,
+               "both waiters still have to re-acquire the lock");
+  assert_msg_has(self, "condition 'changed' has 0 waiting, 2 returning");
+  cr_assert_eq(wd_lock_release(self, &c->mu), 0);
+  return teardown(self, &g, c);
+}
+
+Test(cond, deinit_waits_until_woken_waiters_have_returned) {
+  cast c = {0};
+  cr_assert_eq(run_virtual(deinit_leaving_main, &c), 0);
+  cr_assert_eq(c.w[0].rc, WD_ECANCELED);
+  cr_assert_eq(c.w[1].rc, 0);
+  cr_assert(c.w[0].held && c.w[1].held);
+  assert_no_leaks();
+}
+
 /* ---- timed waits at their deadline edge -------------------------------- */
 
 static int edge_main(wd_task *self, void *arg) {

@@ -96,6 +96,55 @@ Test(event, cancelled_waiters_leave_and_woken_ones_keep_their_wake_up) {
   assert_no_leaks();
 }
 
+/* Cancelled waiters leave the list at once but read the event (their
+ * message) when they run: until they have returned, deinit must refuse,
+ * or the caller could free the event under them. */
+static int deinit_cancelled_main(wd_task *self, void *arg) {
+  cast *c = arg;
+  wd_group g;
+  wd_event_init(&c->ev, "ready");
+  wd_group_enter(self, &g, NULL);
+  spawn_waiters(self, &g, c, 2);
+  wd_handle_cancel(&c->w[0].h);
+  wd_handle_cancel(&c->w[1].h);
+  cr_assert_eq(c->ev.nwaiting_, 0);
+  cr_assert_eq(wd_event_deinit(&c->ev), WD_EBUSY,
+               "the cancelled waiters have not returned yet");
+  assert_msg_has(self, "event 'ready' has 0 waiting, 2 returning");
+  cr_assert_eq(wd_group_exit(self, &g, 0), 0);
+  return wd_event_deinit(&c->ev);
+}
+
+Test(event, deinit_waits_until_cancelled_waiters_have_returned) {
+  cast c = {0};
+  cr_assert_eq(run_virtual(deinit_cancelled_main, &c), 0);
+  cr_assert_eq(c.w[0].rc, WD_ECANCELED);
+  cr_assert_eq(c.w[1].rc, WD_ECANCELED);
+  assert_no_leaks();
+}
+
+/* Already cancelled on a clear event: wd_park() refuses to park, and the
+ * waiter record it had listed must leave with it - or the next set would
+ * wake a record in a frame that is gone. */
+static int cancelled_clear_main(wd_task *self, void *arg) {
+  wd_event ev;
+  wd_cancel_scope s;
+  wd_event_init(&ev, "ready");
+  wd_cancel_scope_enter(self, &s, NULL);
+  wd_cancel(&s);
+  cr_assert_eq(wd_event_wait(self, &ev), WD_ECANCELED);
+  assert_msg_has(self, "event 'ready': wait cancelled");
+  cr_assert_eq(ev.nwaiting_, 0, "not left in the list");
+  cr_assert_eq(wd_cancel_scope_exit(self, &s, WD_ECANCELED), 0);
+  cr_assert_eq(wd_event_set(&ev), 0);
+  return wd_event_deinit(&ev);
+}
+
+Test(event, a_cancelled_caller_is_not_listed_on_a_clear_event) {
+  cr_assert_eq(run_virtual(cancelled_clear_main, NULL), 0);
+  assert_no_leaks();
+}
+
 /* ---- timed waits at their deadline edge -------------------------------- */
 
 typedef struct edge {

@@ -175,6 +175,66 @@ Test(limiter, a_cancelled_waiter_leaves_and_a_served_one_keeps_its_permit) {
   assert_no_leaks();
 }
 
+/* A cancelled waiter leaves the queue at once, but when it runs it still
+ * writes the limiter's statistics: until it has returned, deinit must
+ * refuse, or the caller could free the limiter under it. */
+static int deinit_cancelled_main(wd_task *self, void *arg) {
+  waiter *w = arg;
+  wd_limiter lim;
+  wd_group g;
+  wd_limiter_init(&lim, "db", 1);
+  wd_limiter_acquire(self, &lim);
+  wd_group_enter(self, &g, NULL);
+  w[0] = (waiter){.lim = &lim, .rc = 1};
+  wd_spawn(&g, lim_waiter, &w[0], &(wd_spawn_opts){.handle = &w[0].h});
+  yield_until(self, lim.nwaiting_ == 1);
+  wd_handle_cancel(&w[0].h);
+  cr_assert_eq(wd_limiter_release(&lim), 0);
+  cr_assert_eq(wd_limiter_deinit(&lim), WD_EBUSY,
+               "the cancelled waiter has not returned yet");
+  assert_msg_has(self, "limiter 'db' has 0 permits out and 0 waiting, 1 "
+                       "returning from a wait");
+  cr_assert_eq(wd_group_exit(self, &g, 0), 0);
+  wd_limiter_stats st;
+  wd_limiter_stats_get(&lim, &st);
+  cr_assert_eq(st.gave_up, 1);
+  return wd_limiter_deinit(&lim);
+}
+
+Test(limiter, deinit_waits_until_a_cancelled_waiter_has_returned) {
+  waiter w[1];
+  cr_assert_eq(run_virtual(deinit_cancelled_main, w), 0);
+  cr_assert_eq(w[0].rc, WD_ECANCELED);
+  assert_no_leaks();
+}
+
+/* Already cancelled and every permit out: wd_park() refuses to park, and
+ * the waiter record it had queued must leave with it - or the next release
+ * would hand its permit to a record in a frame that is gone. */
+static int cancelled_full_main(wd_task *self, void *arg) {
+  wd_limiter lim;
+  wd_cancel_scope s;
+  wd_limiter_stats st;
+  wd_limiter_init(&lim, "db", 1);
+  cr_assert_eq(wd_limiter_acquire_try(&lim), 0);
+  wd_cancel_scope_enter(self, &s, NULL);
+  wd_cancel(&s);
+  cr_assert_eq(wd_limiter_acquire(self, &lim), WD_ECANCELED);
+  assert_msg_has(self, "limiter 'db': acquire cancelled");
+  wd_limiter_stats_get(&lim, &st);
+  cr_assert_eq(st.waiting, 0, "not left in the queue");
+  cr_assert_eq(wd_cancel_scope_exit(self, &s, WD_ECANCELED), 0);
+  cr_assert_eq(wd_limiter_release(&lim), 0);
+  wd_limiter_stats_get(&lim, &st);
+  cr_assert_eq(st.in_use, 0, "the permit was not handed to it");
+  return wd_limiter_deinit(&lim);
+}
+
+Test(limiter, a_cancelled_caller_is_not_queued_when_every_permit_is_out) {
+  cr_assert_eq(run_virtual(cancelled_full_main, NULL), 0);
+  assert_no_leaks();
+}
+
 /* ---- timed acquisition at its deadline edge ---------------------------- */
 
 typedef struct edge {

@@ -311,6 +311,36 @@ Test(lock, a_cancelled_waiter_leaves_and_the_next_one_gets_the_lock) {
   assert_no_leaks();
 }
 
+/* A cancelled waiter leaves the queue at once, but it still reads the lock
+ * (for its message) when it runs: until then the lock must not be
+ * deinitialised, or the caller may free it under the waiter. */
+static int deinit_cancelled_main(wd_task *self, void *arg) {
+  cast *c = arg;
+  wd_group g;
+  wd_lock_init(&c->lock, "accounts");
+  wd_lock_acquire(self, &c->lock);
+  wd_group_enter(self, &g, NULL);
+  spawn_waiters(&g, c, 1);
+  yield_until(self, waiting(&c->lock) == 1);
+  wd_handle_cancel(&c->w[0].h);
+  cr_assert_eq(wd_lock_release(self, &c->lock), 0);
+  cr_assert_eq(waiting(&c->lock), 0);
+  cr_assert_eq(wd_lock_deinit(&c->lock), WD_EBUSY,
+               "the cancelled waiter has not returned yet");
+  assert_msg_has(self, "1 returning from a wait");
+  cr_assert_eq(wd_group_exit(self, &g, 0), 0);
+  return wd_lock_deinit(&c->lock);
+}
+
+Test(lock, deinit_waits_until_a_cancelled_waiter_has_returned) {
+  cast c = {0};
+  cr_assert_eq(run_virtual(deinit_cancelled_main, &c), 0);
+  cr_assert_eq(c.w[0].rc, WD_ECANCELED);
+  cr_assert_not_null(strstr(c.w[0].msg, "lock 'accounts': acquire cancelled"),
+                     "%s", c.w[0].msg);
+  assert_no_leaks();
+}
+
 /* Cancelled after it was handed the lock but before it ran: it keeps the
  * lock (the acquisition happened), and its next checkpoint fails. */
 static int cancel_handed_main(wd_task *self, void *arg) {
@@ -359,6 +389,40 @@ static int cancelled_main(wd_task *self, void *arg) {
 
 Test(lock, acquire_is_a_checkpoint_even_when_free) {
   cr_assert_eq(run_virtual(cancelled_main, NULL), 0);
+  assert_no_leaks();
+}
+
+/* Already cancelled and the lock is held: wd_park() refuses to park, and
+ * the waiter record it had queued must leave with it - or the lock would
+ * later be handed to a record in a frame that is gone. */
+static int holder_1s(wd_task *self, void *arg) {
+  wd_lock *l = arg;
+  cr_assert_eq(wd_lock_acquire(self, l), 0);
+  cr_assert_eq(wd_sleep(self, WD_SEC), 0);
+  return wd_lock_release(self, l);
+}
+
+static int cancelled_held_main(wd_task *self, void *arg) {
+  wd_lock l;
+  wd_group g;
+  wd_cancel_scope s;
+  wd_lock_init(&l, "accounts");
+  wd_group_enter(self, &g, NULL);
+  wd_spawn(&g, holder_1s, &l, NULL);
+  yield_until(self, wd_lock_owner(&l) != NULL);
+  wd_cancel_scope_enter(self, &s, NULL);
+  wd_cancel(&s);
+  cr_assert_eq(wd_lock_acquire(self, &l), WD_ECANCELED);
+  assert_msg_has(self, "lock 'accounts': acquire cancelled");
+  cr_assert_eq(waiting(&l), 0, "not left in the queue");
+  cr_assert_eq(wd_cancel_scope_exit(self, &s, WD_ECANCELED), 0);
+  cr_assert_eq(wd_group_exit(self, &g, 0), 0);
+  cr_assert_null(wd_lock_owner(&l), "not handed to the cancelled caller");
+  return wd_lock_deinit(&l);
+}
+
+Test(lock, a_cancelled_caller_is_not_queued_on_a_held_lock) {
+  cr_assert_eq(run_virtual(cancelled_held_main, NULL), 0);
   assert_no_leaks();
 }
 

@@ -306,6 +306,37 @@ Test(queue, close_wakes_waiting_receivers_with_eclosed) {
   assert_no_leaks();
 }
 
+/* Close, then deinit at once: the receivers close woke still read the
+ * queue (their message) when they run, so deinit must refuse until they
+ * have returned - or the caller could free the queue under them. */
+static int close_deinit_main(wd_task *self, void *arg) {
+  closing *c = arg;
+  wd_group g;
+  wd_queue_init(&c->q, "jobs", 2, sizeof(int));
+  wd_group_enter(self, &g, NULL);
+  for (int i = 0; i < 2; i++) {
+    static const char *names[] = {"r0", "r1"};
+    wd_spawn(&g, close_receiver, c, &(wd_spawn_opts){.name = names[i]});
+  }
+  yield_until(self, c->q.nreceivers_ == 2);
+  cr_assert_eq(wd_queue_close(&c->q), 0);
+  cr_assert_eq(c->q.nreceivers_, 0);
+  cr_assert_eq(wd_queue_deinit(&c->q), WD_EBUSY,
+               "the woken receivers have not returned yet");
+  assert_msg_has(self, "queue 'jobs' has 0 senders and 0 receivers waiting, "
+                       "2 returning from a wait");
+  cr_assert_eq(wd_group_exit(self, &g, 0), 0);
+  return wd_queue_deinit(&c->q);
+}
+
+Test(queue, deinit_after_close_waits_until_the_woken_have_returned) {
+  closing c = {0};
+  cr_assert_eq(run_virtual(close_deinit_main, &c), 0);
+  cr_assert_eq(c.recv_rc[0], WD_ECLOSED);
+  cr_assert_eq(c.recv_rc[1], WD_ECLOSED);
+  assert_no_leaks();
+}
+
 /* ---- cancellation at every blocking point ------------------------------ */
 
 /* A producer sends 0..N-1 through a queue of 2 to a consumer; one of them
@@ -464,6 +495,44 @@ Test(queue, a_waiter_cancelled_after_its_transfer_keeps_it) {
   cr_assert_eq(h.rc_s, 0, "its item was taken: the send happened");
   cr_assert_eq(h.rc_r, 0, "it was handed 43");
   cr_assert_eq(h.v, 43);
+  assert_no_leaks();
+}
+
+/* Already cancelled on a full (then an empty) queue: wd_park() refuses to
+ * park, and the waiter record it had queued must leave with it - or the
+ * next receive (send) would move an item from (to) a frame that is gone. */
+static int cancelled_waits_main(wd_task *self, void *arg) {
+  wd_queue q;
+  wd_cancel_scope s;
+  wd_queue_stats st;
+  int v = 1;
+  wd_queue_init(&q, "pipe", 1, sizeof(int));
+  cr_assert_eq(wd_queue_send_try(&q, &v), 0); /* full */
+  wd_cancel_scope_enter(self, &s, NULL);
+  wd_cancel(&s);
+  v = 2;
+  cr_assert_eq(wd_queue_send(self, &q, &v), WD_ECANCELED);
+  assert_msg_has(self, "queue 'pipe': send cancelled");
+  wd_queue_stats_get(&q, &st);
+  cr_assert_eq(st.senders, 0, "not left in the queue");
+  cr_assert_eq(wd_queue_recv_try(&q, &v), 0);
+  cr_assert_eq(v, 1);
+  cr_assert_eq(wd_queue_len(&q), 0, "the cancelled item did not move in");
+  cr_assert_eq(wd_queue_recv(self, &q, &v), WD_ECANCELED); /* empty */
+  wd_queue_stats_get(&q, &st);
+  cr_assert_eq(st.receivers, 0, "not left in the queue");
+  cr_assert_eq(wd_cancel_scope_exit(self, &s, WD_ECANCELED), 0);
+  v = 3;
+  cr_assert_eq(wd_queue_send(self, &q, &v), 0);
+  cr_assert_eq(wd_queue_len(&q), 1, "buffered, not sent to the cancelled");
+  wd_queue_stats_get(&q, &st);
+  cr_assert_eq(st.sent, 2);
+  cr_assert_eq(st.received, 1);
+  return wd_queue_deinit(&q);
+}
+
+Test(queue, a_cancelled_caller_is_not_queued_on_a_full_or_empty_queue) {
+  cr_assert_eq(run_virtual(cancelled_waits_main, NULL), 0);
   assert_no_leaks();
 }
 

@@ -174,6 +174,78 @@ Test(sem, a_waiter_cancelled_after_the_hand_off_keeps_its_permit) {
   assert_no_leaks();
 }
 
+/* Cancelled waiters - a plain one and a timed one - leave the queue at
+ * once but still read the semaphore (their message) when they run: until
+ * both have returned, deinit must refuse, or the caller could free the
+ * semaphore under them. */
+typedef struct gone {
+  wd_sem sem;
+  int rc[2];
+  wd_handle h[2];
+} gone;
+
+static int gone_plain(wd_task *self, void *arg) {
+  gone *g = arg;
+  g->rc[0] = wd_sem_acquire(self, &g->sem);
+  return 0;
+}
+
+static int gone_timed(wd_task *self, void *arg) {
+  gone *g = arg;
+  g->rc[1] = wd_sem_acquire_for(self, &g->sem, WD_SEC);
+  return 0;
+}
+
+static int deinit_gone_main(wd_task *self, void *arg) {
+  gone *c = arg;
+  wd_group g;
+  wd_sem_init(&c->sem, "slots", 0);
+  wd_group_enter(self, &g, NULL);
+  wd_spawn(&g, gone_plain, c, &(wd_spawn_opts){.handle = &c->h[0]});
+  wd_spawn(&g, gone_timed, c, &(wd_spawn_opts){.handle = &c->h[1]});
+  yield_until(self, wd_sem_waiting(&c->sem) == 2);
+  wd_handle_cancel(&c->h[0]);
+  wd_handle_cancel(&c->h[1]);
+  cr_assert_eq(wd_sem_waiting(&c->sem), 0);
+  cr_assert_eq(wd_sem_deinit(&c->sem), WD_EBUSY,
+               "the cancelled waiters have not returned yet");
+  assert_msg_has(self, "semaphore 'slots' has 0 waiting, 2 returning from a "
+                       "wait");
+  cr_assert_eq(wd_group_exit(self, &g, 0), 0);
+  return wd_sem_deinit(&c->sem);
+}
+
+Test(sem, deinit_waits_until_cancelled_waiters_have_returned) {
+  gone c = {.rc = {1, 1}};
+  cr_assert_eq(run_virtual(deinit_gone_main, &c), 0);
+  cr_assert_eq(c.rc[0], WD_ECANCELED);
+  cr_assert_eq(c.rc[1], WD_ECANCELED);
+  assert_no_leaks();
+}
+
+/* Already cancelled and no permit free: wd_park() refuses to park, and the
+ * waiter record it had queued must leave with it - or the next release
+ * would hand its permit to a record in a frame that is gone. */
+static int cancelled_empty_main(wd_task *self, void *arg) {
+  wd_sem s;
+  wd_cancel_scope cs;
+  wd_sem_init(&s, "slots", 0);
+  wd_cancel_scope_enter(self, &cs, NULL);
+  wd_cancel(&cs);
+  cr_assert_eq(wd_sem_acquire(self, &s), WD_ECANCELED);
+  assert_msg_has(self, "semaphore 'slots': acquire cancelled");
+  cr_assert_eq(wd_sem_waiting(&s), 0, "not left in the queue");
+  cr_assert_eq(wd_cancel_scope_exit(self, &cs, WD_ECANCELED), 0);
+  cr_assert_eq(wd_sem_release(&s), 0);
+  cr_assert_eq(wd_sem_value(&s), 1, "the permit was not handed to it");
+  return wd_sem_deinit(&s);
+}
+
+Test(sem, a_cancelled_caller_is_not_queued_when_no_permit_is_free) {
+  cr_assert_eq(run_virtual(cancelled_empty_main, NULL), 0);
+  assert_no_leaks();
+}
+
 /* ---- timed acquisition at its deadline edge ---------------------------- */
 
 typedef struct edge {

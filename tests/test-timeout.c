@@ -183,6 +183,38 @@ Test(timeout, bad_arguments_are_einval_with_a_message) {
   assert_no_leaks();
 }
 
+/* The one allocation a timeout may make is its scope's timer slot, taken
+ * only when the runtime's timer table is full: pad the table with p
+ * scopes, fail the next allocation, and for the one p where the slot must
+ * grow the call is WD_ENOMEM with fn not called. */
+static int padded(wd_task *self, void *arg) {
+  int *pad = arg;
+  body b = {.rc = 5};
+  wd_cancel_scope s[80];
+  for (int i = 0; i < *pad; i++)
+    cr_assert_eq(wd_cancel_scope_enter(self, &s[i], NULL), 0);
+  wd_alloc_fail_after(1);
+  int rc = wd_timeout_call(self, WD_SEC, "x", run_body, &b);
+  wd_alloc_fail_after(0);
+  for (int i = *pad; i-- > 0;)
+    cr_assert_eq(wd_cancel_scope_exit(self, &s[i], 0), 0);
+  cr_assert(rc == 5 || rc == WD_ENOMEM, "pad %d: rc %d", *pad, rc);
+  cr_assert_eq(b.calls, rc == 5, "fn called only when the scope was entered");
+  *pad = rc;
+  return 0;
+}
+
+Test(timeout, no_memory_for_the_timer_is_enomem_without_calling) {
+  int enomem = 0;
+  for (int pad = 0; pad < 80; pad++) {
+    int rc = pad;
+    cr_assert_eq(run_virtual(padded, &rc), 0);
+    enomem += rc == WD_ENOMEM;
+    assert_no_leaks();
+  }
+  cr_assert_eq(enomem, 1, "the timer table grew once in the padding range");
+}
+
 /* Timeouts nest: the inner, shorter one names itself; the outer one,
  * firing later, names itself. */
 static int inner_call(wd_task *self, void *arg) {

@@ -5,8 +5,10 @@
  *
  * - Caller memory.  Each object lives in the caller's memory: _init() it
  *   before use, _deinit() it when done.  _deinit() refuses (WD_EBUSY) while
- *   a task waits on the object or, for a lock and a limiter, while it is
- *   held: the object then stays usable.  Using an object that was never
+ *   a task waits on the object - also when it was woken (served,
+ *   cancelled, timed out, closed) but has not yet returned from its call,
+ *   which still reads the object - or, for a lock and a limiter, while it
+ *   is held: the object then stays usable.  Using an object that was never
  *   initialised, or was deinitialised, returns WD_EINVAL (a best-effort
  *   check of a private magic number).
  * - Names.  Every object has a name (copied, truncated to
@@ -102,6 +104,7 @@ typedef struct wd_lock {
   wd_hold hold_;  /* recorded on the owner: see wd_task_hold() */
   wd_time since_; /* when the owner got it, see since_kind_ */
   size_t nwaiting_, ntimed_;
+  size_t ninside_; /* tasks in a call that waited on it, until it returns */
   uint64_t acquired_, contended_, abandoned_, deadlocks_;
   uint32_t magic_;
   uint8_t since_kind_; /* since_ is: 0 unknown, 1 a lower bound, 2 exact */
@@ -125,8 +128,8 @@ typedef struct wd_lock_stats {
 int wd_lock_init(wd_lock *lock, const char *name);
 
 /* Forget lock.  Checkpoint: no.  Returns 0 (also for NULL), WD_EBUSY when
- * it is held or has waiters (then it stays usable), or WD_EINVAL when it
- * is not initialised. */
+ * it is held or has waiters, or a woken waiter has not yet returned (then
+ * it stays usable), or WD_EINVAL when it is not initialised. */
 int wd_lock_deinit(wd_lock *lock);
 
 /* Turn deadlock detection on (the default) or off for waits on lock. */
@@ -176,6 +179,7 @@ void wd_lock_stats_get(const wd_lock *lock, wd_lock_stats *out);
 typedef struct wd_sem {
   size_t value_; /* free permits; 0 whenever a task waits */
   size_t nwaiting_;
+  size_t ninside_; /* tasks in a call that waited on it, until it returns */
   wd_link waiters_;
   uint32_t magic_;
   char name_[WD_SYNC_NAME_MAX];
@@ -221,6 +225,7 @@ size_t wd_sem_waiting(const wd_sem *sem);
  */
 typedef struct wd_event {
   size_t nwaiting_;
+  size_t ninside_; /* tasks in a call that waited on it, until it returns */
   wd_link waiters_;
   uint32_t magic_;
   bool set_;
@@ -277,6 +282,7 @@ int wd_event_wait_for(wd_task *self, wd_event *ev, wd_time timeout);
 typedef struct wd_cond {
   wd_lock *lock_;
   size_t nwaiting_;
+  size_t ninside_; /* tasks in a call that waited on it, until it returns */
   wd_link waiters_;
   uint32_t magic_;
   char name_[WD_SYNC_NAME_MAX];
@@ -325,6 +331,7 @@ typedef struct wd_queue {
   unsigned char *buf_; /* capacity_ * item_size_ bytes, a ring */
   size_t capacity_, item_size_, head_, len_;
   size_t nsenders_, nreceivers_;
+  size_t ninside_; /* tasks in a call that waited on it, until it returns */
   wd_link senders_, receivers_;
   uint64_t sent_, received_;
   uint32_t magic_;
@@ -398,6 +405,7 @@ void wd_queue_stats_get(const wd_queue *q, wd_queue_stats *out);
  */
 typedef struct wd_limiter {
   size_t limit_, in_use_, peak_, nwaiting_;
+  size_t ninside_; /* tasks in a call that waited on it, until it returns */
   wd_link waiters_;
   uint64_t acquired_, waited_, gave_up_, refused_;
   wd_time wait_total_, wait_max_;

@@ -148,9 +148,13 @@ static wd_time jittered(wd_retry *r, wd_time dk, wd_time prev) {
   case WD_JITTER_EQUAL:
     return dk / 2 + uniform(r, 0, dk - dk / 2);
   case WD_JITTER_DECORRELATED: {
-    wd_time hi = mul_capped(prev, r->o_.multiplier, r->o_.max_delay);
+    /* Capped after the draw, as the header and AWS's formula say: capping
+     * the range instead would spread the sleeps at the cap over [base,
+     * max_delay] and retry about twice as often there. */
+    wd_time hi = mul_capped(prev, r->o_.multiplier, WD_TIME_NEVER);
     wd_time lo = r->o_.base_delay;
-    return hi <= lo ? lo : uniform(r, lo, hi);
+    wd_time d = hi <= lo ? lo : uniform(r, lo, hi);
+    return d < r->o_.max_delay ? d : r->o_.max_delay;
   }
   case WD_JITTER_FULL:
   default:
@@ -237,6 +241,9 @@ static int retry_after_failure(wd_task *self, wd_retry *r, wd_task_fn fn,
   const wd_retry_opts *o = &r->o_;
   wd_time dk = o->base_delay;   /* un-jittered delay of the next retry */
   wd_time prev = o->base_delay; /* previous sleep, for decorrelated */
+  /* dk unrounded: rounding each step down would stall a small delay (1 ns
+   * times 1.5 stays 1 ns for ever) instead of following the formula. */
+  double dkf = (double)o->base_delay;
   wd_time slept = 0;
   char why[128];
   for (uint32_t attempt = 1;; attempt++) {
@@ -305,7 +312,13 @@ static int retry_after_failure(wd_task *self, wd_retry *r, wd_task_fn fn,
                      r->name_, attempt, attempt == 1 ? "" : "s");
     }
     prev = delay;
-    dk = mul_capped(dk, o->multiplier, o->max_delay);
+    dkf *= o->multiplier;
+    if (dkf >= (double)o->max_delay) {
+      dkf = (double)o->max_delay;
+      dk = o->max_delay;
+    } else {
+      dk = (wd_time)dkf;
+    }
     wd_error_clear(self);
     r->st_.attempts++;
     rc = fn(self, arg);

@@ -54,10 +54,12 @@ int wd_cond_init(wd_cond *c, const char *name, wd_lock *lock) {
 int wd_cond_deinit(wd_cond *c) {
   if (!c) return 0;
   if (!COND_OK(c)) return wd__sync_bad(NULL, c, "condition", "wd_cond_deinit");
-  if (c->nwaiting_) {
-    char label[WD__LABEL_MAX];
-    return wd_fail(NULL, WD_EBUSY, "wd_cond_deinit: %s has %zu waiting",
-                   wd__sync_label(label, "condition", c->name_), c->nwaiting_);
+  if (c->nwaiting_ || c->ninside_) {
+    char label[WD__LABEL_MAX], back[48];
+    return wd_fail(
+        NULL, WD_EBUSY, "wd_cond_deinit: %s has %zu waiting%s",
+        wd__sync_label(label, "condition", c->name_), c->nwaiting_,
+        wd__sync_returning(back, sizeof back, c->ninside_, c->nwaiting_));
   }
   c->magic_ = 0;
   return 0;
@@ -138,6 +140,9 @@ static int cond_wait(wd_task *self, wd_cond *c, wd_time timeout,
     wd_cancel_scope_exit(self, &guard, 0);
     return rc;
   }
+  /* Counted until the end: a waiter signalled or cancelled still has the
+   * lock to take back (which must outlive c) and c's name to read. */
+  c->ninside_++;
   wd__lock_release_owned(self, lock);
   rc = wait_signal(self, c);
   bool fired = false;
@@ -151,14 +156,15 @@ static int cond_wait(wd_task *self, wd_cond *c, wd_time timeout,
   int lrc = wd__lock_reacquire(self, lock);
   wd_cancel_scope_exit(self, &guard, 0);
   if (lrc) /* cannot happen under the shield; never hide it */
-    return wd_wrap(self, lrc, "%s: re-acquiring the lock failed",
-                   wd__sync_label(label, "condition", c->name_));
-  if (fired)
-    return wd_fail(self, WD_ETIMEDOUT, "%s: not signalled within %.3f s",
-                   wd__sync_label(label, "condition", c->name_),
-                   wd__secs(timeout));
-  if (wd_is_cancel(rc))
-    return wd__sync_cancelled(self, rc, "condition", c->name_, "wait");
+    rc = wd_wrap(self, lrc, "%s: re-acquiring the lock failed",
+                 wd__sync_label(label, "condition", c->name_));
+  else if (fired)
+    rc = wd_fail(self, WD_ETIMEDOUT, "%s: not signalled within %.3f s",
+                 wd__sync_label(label, "condition", c->name_),
+                 wd__secs(timeout));
+  else if (wd_is_cancel(rc))
+    rc = wd__sync_cancelled(self, rc, "condition", c->name_, "wait");
+  c->ninside_--; /* the last time this call reads c */
   return rc;
 }
 

@@ -37,10 +37,12 @@ int wd_event_init(wd_event *ev, const char *name) {
 int wd_event_deinit(wd_event *ev) {
   if (!ev) return 0;
   if (!EVENT_OK(ev)) return bad_args(NULL, ev, "wd_event_deinit");
-  if (ev->nwaiting_) {
-    char label[WD__LABEL_MAX];
-    return wd_fail(NULL, WD_EBUSY, "wd_event_deinit: %s has %zu waiting",
-                   wd__sync_label(label, "event", ev->name_), ev->nwaiting_);
+  if (ev->nwaiting_ || ev->ninside_) {
+    char label[WD__LABEL_MAX], back[48];
+    return wd_fail(
+        NULL, WD_EBUSY, "wd_event_deinit: %s has %zu waiting%s",
+        wd__sync_label(label, "event", ev->name_), ev->nwaiting_,
+        wd__sync_returning(back, sizeof back, ev->ninside_, ev->nwaiting_));
   }
   ev->magic_ = 0;
   return 0;
@@ -95,10 +97,16 @@ int wd_event_wait(wd_task *self, wd_event *ev) {
   if (!self || !EVENT_OK(ev))
     return self ? bad_args(self, ev, "wd_event_wait")
                 : wd_fail(NULL, WD_EINVAL, "wd_event_wait: NULL task");
-  /* wd_park() checks for cancellation when it has to wait. */
-  int rc = ev->set_ ? wd_cancel_status(self) : wait_set(self, ev);
-  if (rc) return wd__sync_cancelled(self, rc, "event", ev->name_, "wait");
-  return 0;
+  if (ev->set_) {
+    int rc = wd_cancel_status(self);
+    if (rc) return wd__sync_cancelled(self, rc, "event", ev->name_, "wait");
+    return 0;
+  }
+  ev->ninside_++;
+  int rc = wait_set(self, ev); /* wd_park() checks for cancellation */
+  if (rc) rc = wd__sync_cancelled(self, rc, "event", ev->name_, "wait");
+  ev->ninside_--; /* the last time this call reads the event */
+  return rc;
 }
 
 int wd_event_wait_for(wd_task *self, wd_event *ev, wd_time timeout) {
@@ -110,14 +118,15 @@ int wd_event_wait_for(wd_task *self, wd_event *ev, wd_time timeout) {
   if (rc) return wd__sync_cancelled(self, rc, "event", ev->name_, "wait");
   if (ev->set_) return 0;
   bool fired = true; /* a timeout of 0 has expired already */
+  ev->ninside_++;
   if (timeout > 0) rc = wd__sync_timed(self, timeout, wait_set, ev, &fired);
   if (fired) {
     char label[WD__LABEL_MAX];
-    return wd_fail(self, WD_ETIMEDOUT, "%s: not set within %.3f s",
-                   wd__sync_label(label, "event", ev->name_),
-                   wd__secs(timeout));
+    rc = wd_fail(self, WD_ETIMEDOUT, "%s: not set within %.3f s",
+                 wd__sync_label(label, "event", ev->name_), wd__secs(timeout));
+  } else if (wd_is_cancel(rc)) {
+    rc = wd__sync_cancelled(self, rc, "event", ev->name_, "wait");
   }
-  if (wd_is_cancel(rc))
-    return wd__sync_cancelled(self, rc, "event", ev->name_, "wait");
+  ev->ninside_--; /* the last time this call reads the event */
   return rc;
 }

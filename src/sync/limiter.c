@@ -53,12 +53,14 @@ int wd_limiter_deinit(wd_limiter *lim) {
   if (!lim) return 0;
   if (!LIMITER_OK(lim))
     return wd__sync_bad(NULL, lim, "limiter", "wd_limiter_deinit");
-  if (lim->in_use_ || lim->nwaiting_) {
-    char label[WD__LABEL_MAX];
-    return wd_fail(NULL, WD_EBUSY,
-                   "wd_limiter_deinit: %s has %zu permits out and %zu "
-                   "waiting",
-                   label_of(label, lim), lim->in_use_, lim->nwaiting_);
+  if (lim->in_use_ || lim->nwaiting_ || lim->ninside_) {
+    char label[WD__LABEL_MAX], back[48];
+    return wd_fail(
+        NULL, WD_EBUSY,
+        "wd_limiter_deinit: %s has %zu permits out and %zu "
+        "waiting%s",
+        label_of(label, lim), lim->in_use_, lim->nwaiting_,
+        wd__sync_returning(back, sizeof back, lim->ninside_, lim->nwaiting_));
   }
   lim->magic_ = 0;
   return 0;
@@ -139,9 +141,11 @@ int wd_limiter_acquire(wd_task *self, wd_limiter *lim) {
     grant(lim);
     return 0;
   }
+  lim->ninside_++;
   rc = wait_permit(self, lim); /* wd_park() checks for cancellation */
-  if (rc) return wd__sync_cancelled(self, rc, "limiter", lim->name_, "acquire");
-  return 0;
+  if (rc) rc = wd__sync_cancelled(self, rc, "limiter", lim->name_, "acquire");
+  lim->ninside_--; /* the last time this call touches the limiter */
+  return rc;
 }
 
 int wd_limiter_acquire_for(wd_task *self, wd_limiter *lim, wd_time timeout) {
@@ -156,20 +160,22 @@ int wd_limiter_acquire_for(wd_task *self, wd_limiter *lim, wd_time timeout) {
     return 0;
   }
   bool fired = true; /* a timeout of 0 has expired already */
+  lim->ninside_++;
   if (timeout > 0)
     rc = wd__sync_timed(self, timeout, wait_permit, lim, &fired);
   else
     lim->refused_++;
   if (fired) {
     char label[WD__LABEL_MAX];
-    return wd_fail(self, WD_ETIMEDOUT,
-                   "%s: no permit within %.3f s (%zu/%zu in use, %zu more "
-                   "waiting)",
-                   label_of(label, lim), wd__secs(timeout), lim->in_use_,
-                   lim->limit_, lim->nwaiting_);
+    rc = wd_fail(self, WD_ETIMEDOUT,
+                 "%s: no permit within %.3f s (%zu/%zu in use, %zu more "
+                 "waiting)",
+                 label_of(label, lim), wd__secs(timeout), lim->in_use_,
+                 lim->limit_, lim->nwaiting_);
+  } else if (wd_is_cancel(rc)) {
+    rc = wd__sync_cancelled(self, rc, "limiter", lim->name_, "acquire");
   }
-  if (wd_is_cancel(rc))
-    return wd__sync_cancelled(self, rc, "limiter", lim->name_, "acquire");
+  lim->ninside_--; /* the last time this call touches the limiter */
   return rc;
 }
 

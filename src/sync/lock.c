@@ -70,14 +70,20 @@ int wd_lock_deinit(wd_lock *lock) {
   if (!lock) return 0;
   if (lock->magic_ != WD__LOCK_MAGIC)
     return wd__sync_bad(NULL, lock, "lock", "wd_lock_deinit");
-  if (lock->owner_ || lock->nwaiting_) {
-    char label[WD__LABEL_MAX];
+  if (lock->owner_ || lock->nwaiting_ || lock->ninside_) {
+    char label[WD__LABEL_MAX], back[48];
+    const char *more =
+        wd__sync_returning(back, sizeof back, lock->ninside_, lock->nwaiting_);
+    if (!lock->owner_)
+      return wd_fail(NULL, WD_EBUSY,
+                     "wd_lock_deinit: %s is free (%zu waiting%s)",
+                     label_of(label, lock), lock->nwaiting_, more);
     return wd_fail(NULL, WD_EBUSY,
                    "wd_lock_deinit: %s is held by task %llu '%s' "
-                   "(%zu waiting)",
+                   "(%zu waiting%s)",
                    label_of(label, lock),
                    (unsigned long long)wd_task_id(lock->owner_),
-                   wd_task_name(lock->owner_), lock->nwaiting_);
+                   wd_task_name(lock->owner_), lock->nwaiting_, more);
   }
   lock->magic_ = 0;
   return 0;
@@ -291,9 +297,11 @@ __attribute__((noinline)) static int acquire_slow(wd_task *self,
                                                   wd_lock *lock) {
   int rc = refuse(self, lock);
   if (rc) return rc;
+  lock->ninside_++;
   rc = wait_turn(self, lock, false);
-  if (rc) return wd__sync_cancelled(self, rc, "lock", lock->name_, "acquire");
-  return 0;
+  if (rc) rc = wd__sync_cancelled(self, rc, "lock", lock->name_, "acquire");
+  lock->ninside_--; /* the last time this call reads the lock */
+  return rc;
 }
 
 int wd_lock_acquire(wd_task *self, wd_lock *lock) {
@@ -341,10 +349,13 @@ int wd_lock_acquire_for(wd_task *self, wd_lock *lock, wd_time timeout) {
   rc = refuse(self, lock);
   if (rc) return rc;
   bool fired = true; /* a timeout of 0 has expired already */
+  lock->ninside_++;
   if (timeout > 0) rc = wd__sync_timed(self, timeout, wait_timed, lock, &fired);
-  if (fired) return timed_out(self, lock, timeout);
-  if (wd_is_cancel(rc))
-    return wd__sync_cancelled(self, rc, "lock", lock->name_, "acquire");
+  if (fired)
+    rc = timed_out(self, lock, timeout);
+  else if (wd_is_cancel(rc))
+    rc = wd__sync_cancelled(self, rc, "lock", lock->name_, "acquire");
+  lock->ninside_--; /* the last time this call reads the lock */
   return rc;
 }
 
@@ -392,5 +403,8 @@ int wd__lock_reacquire(wd_task *self, wd_lock *lock) {
     take(self, lock);
     return 0;
   }
-  return wait_turn(self, lock, false);
+  lock->ninside_++;
+  int rc = wait_turn(self, lock, false);
+  lock->ninside_--;
+  return rc;
 }

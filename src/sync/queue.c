@@ -77,12 +77,14 @@ int wd_queue_init(wd_queue *q, const char *name, size_t capacity,
 int wd_queue_deinit(wd_queue *q) {
   if (!q) return 0;
   if (!QUEUE_OK(q)) return wd__sync_bad(NULL, q, "queue", "wd_queue_deinit");
-  if (q->nsenders_ || q->nreceivers_) {
-    char label[WD__LABEL_MAX];
+  if (q->nsenders_ || q->nreceivers_ || q->ninside_) {
+    char label[WD__LABEL_MAX], back[48];
     return wd_fail(NULL, WD_EBUSY,
                    "wd_queue_deinit: %s has %zu senders and %zu receivers "
-                   "waiting",
-                   label_of(label, q), q->nsenders_, q->nreceivers_);
+                   "waiting%s",
+                   label_of(label, q), q->nsenders_, q->nreceivers_,
+                   wd__sync_returning(back, sizeof back, q->ninside_,
+                                      q->nsenders_ + q->nreceivers_));
   }
   wd__free(q->buf_);
   q->buf_ = NULL;
@@ -241,11 +243,14 @@ int wd_queue_send(wd_task *self, wd_queue *q, const void *item) {
     if (rc) return wd__sync_cancelled(self, rc, "queue", q->name_, "send");
     return closed_error(self, q, "nothing sent");
   }
+  q->ninside_++;
   rc = wait_transfer(self, q, item, NULL);
-  if (!rc) return 0;
   if (rc == WD_ECLOSED)
-    return closed_error(self, q, "closed while waiting, nothing sent");
-  return wd__sync_cancelled(self, rc, "queue", q->name_, "send");
+    rc = closed_error(self, q, "closed while waiting, nothing sent");
+  else if (rc)
+    rc = wd__sync_cancelled(self, rc, "queue", q->name_, "send");
+  q->ninside_--; /* the last time this call reads q */
+  return rc;
 }
 
 int wd_queue_recv(wd_task *self, wd_queue *q, void *out) {
@@ -258,13 +263,17 @@ int wd_queue_recv(wd_task *self, wd_queue *q, void *out) {
     rc = wd_cancel_status(self);
     if (SYNC_UNLIKELY(rc))
       return wd__sync_cancelled(self, rc, "queue", q->name_, "receive");
-    rc = take_now(q, out);
-  } else {
-    rc = wait_transfer(self, q, NULL, out);
+    rc = take_now(q, out); /* 0, or WD_ECLOSED when closed and drained */
+    return rc ? closed_error(self, q, "no more items") : 0;
   }
-  if (!rc) return 0;
-  if (rc == WD_ECLOSED) return closed_error(self, q, "no more items");
-  return wd__sync_cancelled(self, rc, "queue", q->name_, "receive");
+  q->ninside_++;
+  rc = wait_transfer(self, q, NULL, out);
+  if (rc == WD_ECLOSED)
+    rc = closed_error(self, q, "no more items");
+  else if (rc)
+    rc = wd__sync_cancelled(self, rc, "queue", q->name_, "receive");
+  q->ninside_--; /* the last time this call reads q */
+  return rc;
 }
 
 int wd_queue_send_try(wd_queue *q, const void *item) {

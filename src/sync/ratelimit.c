@@ -22,7 +22,10 @@
  * leaves and wakes the next.  While anyone waits, new acquires queue behind
  * and tries fail, so a large acquire at the head is never overtaken.  A
  * cancelled waiter has taken nothing: it leaves the queue, and if it was
- * the head, the next waiter becomes head and recomputes its time.
+ * the head, the next waiter becomes head and recomputes its time.  Every
+ * waiter leaves the queue itself, when it runs, never in on_cancel: it
+ * still reads and writes the limiter then (statistics, its message), and
+ * deinit refuses while the queue is not empty.
  */
 #include <stdio.h>
 #include <string.h>
@@ -194,14 +197,27 @@ static void unqueue(waiter *me) {
   me->rl->nwaiting_--;
 }
 
-/* A parked waiter is cancelled.  One behind the head just leaves.  The
- * head stays queued until its task runs and leaves itself: its wait may
- * have been cut short by its own timer scope (then it is still the head),
- * and until it has decided, no newcomer may slip in ahead of the queue. */
+/* A parked waiter is cancelled: it stays queued until its task runs and
+ * leaves itself.  The head's wait may have been cut short by its own timer
+ * scope (then it is still the head), and until it has decided, no newcomer
+ * may slip in ahead of the queue.  One behind the head is not served while
+ * it is queued (only the head takes permits, and the head that leaves
+ * wakes the next, which then leaves in turn); keeping it queued until it
+ * has returned keeps deinit from freeing the limiter under it. */
 static bool on_cancel(wd_wait *w) {
-  waiter *me = wd__container_of(w, waiter, w);
-  if (front(me->rl) != me) unqueue(me);
+  (void)w;
   return true;
+}
+
+/* The message of an acquire stopped by a cancellation after `waited`. */
+static int not_acquired(wd_task *self, const wd_ratelimit *rl, uint32_t n,
+                        int rc, wd_time waited) {
+  return wd_fail(self, rc,
+                 "ratelimit '%s': %u permit%s not acquired after %.3f s "
+                 "(%zu other%s waiting)",
+                 rl->name_, n, n == 1 ? "" : "s",
+                 (double)waited / (double)WD_SEC, rl->nwaiting_,
+                 rl->nwaiting_ == 1 ? "" : "s");
 }
 
 static int wait_slow(wd_task *self, wd_ratelimit *rl, uint32_t n) {
@@ -249,12 +265,7 @@ static int wait_slow(wd_task *self, wd_ratelimit *rl, uint32_t n) {
   }
   if (wd_is_cancel(rc)) {
     rl->cancelled_++;
-    return wd_fail(self, rc,
-                   "ratelimit '%s': %u permit%s not acquired after %.3f s "
-                   "(%zu other%s waiting)",
-                   rl->name_, n, n == 1 ? "" : "s",
-                   (double)waited / (double)WD_SEC, rl->nwaiting_,
-                   rl->nwaiting_ == 1 ? "" : "s");
+    return not_acquired(self, rl, n, rc, waited);
   }
   return rc; /* WD_ENOMEM from the scope, with its message */
 }
@@ -263,7 +274,7 @@ int wd_ratelimit_acquire(wd_task *self, wd_ratelimit *rl, uint32_t n) {
   if (!self || !rl || rl->magic_ != RL_MAGIC || n == 0 || n > rl->burst_)
     return check_args(self, rl, n, "acquire");
   int rc = wd_cancel_status(self);
-  if (rc) return rc;
+  if (rc) return not_acquired(self, rl, n, rc, 0);
   if (wd__list_empty(&rl->waiters_) && take(rl, n, wd_now(self))) return 0;
   return wait_slow(self, rl, n);
 }

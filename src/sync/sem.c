@@ -41,11 +41,12 @@ int wd_sem_init(wd_sem *sem, const char *name, size_t value) {
 int wd_sem_deinit(wd_sem *sem) {
   if (!sem) return 0;
   if (!SEM_OK(sem)) return bad_args(NULL, sem, "wd_sem_deinit");
-  if (sem->nwaiting_) {
-    char label[WD__LABEL_MAX];
-    return wd_fail(NULL, WD_EBUSY, "wd_sem_deinit: %s has %zu waiting",
-                   wd__sync_label(label, "semaphore", sem->name_),
-                   sem->nwaiting_);
+  if (sem->nwaiting_ || sem->ninside_) {
+    char label[WD__LABEL_MAX], back[48];
+    return wd_fail(
+        NULL, WD_EBUSY, "wd_sem_deinit: %s has %zu waiting%s",
+        wd__sync_label(label, "semaphore", sem->name_), sem->nwaiting_,
+        wd__sync_returning(back, sizeof back, sem->ninside_, sem->nwaiting_));
   }
   sem->magic_ = 0;
   return 0;
@@ -91,10 +92,11 @@ int wd_sem_acquire(wd_task *self, wd_sem *sem) {
     sem->value_--;
     return 0;
   }
+  sem->ninside_++;
   rc = wait_permit(self, sem); /* wd_park() checks for cancellation */
-  if (rc)
-    return wd__sync_cancelled(self, rc, "semaphore", sem->name_, "acquire");
-  return 0;
+  if (rc) rc = wd__sync_cancelled(self, rc, "semaphore", sem->name_, "acquire");
+  sem->ninside_--; /* the last time this call reads the semaphore */
+  return rc;
 }
 
 int wd_sem_acquire_for(wd_task *self, wd_sem *sem, wd_time timeout) {
@@ -111,16 +113,18 @@ int wd_sem_acquire_for(wd_task *self, wd_sem *sem, wd_time timeout) {
     return 0;
   }
   bool fired = true; /* a timeout of 0 has expired already */
+  sem->ninside_++;
   if (timeout > 0) rc = wd__sync_timed(self, timeout, wait_permit, sem, &fired);
   if (fired) {
     char label[WD__LABEL_MAX];
-    return wd_fail(self, WD_ETIMEDOUT,
-                   "%s: no permit within %.3f s (%zu more waiting)",
-                   wd__sync_label(label, "semaphore", sem->name_),
-                   wd__secs(timeout), sem->nwaiting_);
+    rc = wd_fail(self, WD_ETIMEDOUT,
+                 "%s: no permit within %.3f s (%zu more waiting)",
+                 wd__sync_label(label, "semaphore", sem->name_),
+                 wd__secs(timeout), sem->nwaiting_);
+  } else if (wd_is_cancel(rc)) {
+    rc = wd__sync_cancelled(self, rc, "semaphore", sem->name_, "acquire");
   }
-  if (wd_is_cancel(rc))
-    return wd__sync_cancelled(self, rc, "semaphore", sem->name_, "acquire");
+  sem->ninside_--; /* the last time this call reads the semaphore */
   return rc;
 }
 

@@ -67,6 +67,20 @@ static inline int wd__sync_bad(wd_task *self, const void *obj, const char *kind,
                  "%s: %s not initialised (or already deinitialised)", fn, kind);
 }
 
+/* Every call that waits counts itself in the object's ninside_ from before
+ * it queues until after the last time it reads the object (its message,
+ * its statistics), and _deinit() refuses while the count is not 0.  A
+ * waiter leaves the queue when it is woken - served, cancelled, timed out
+ * or closed - but runs later: without the count, the object could be
+ * deinitialised and freed in between, under a task that still reads it.
+ * ", 2 returning from a wait" for deinit's message, or "" when none. */
+static inline const char *wd__sync_returning(char *buf, size_t size,
+                                             size_t inside, size_t waiting) {
+  if (inside <= waiting) return "";
+  snprintf(buf, size, ", %zu returning from a wait", inside - waiting);
+  return buf;
+}
+
 static inline int wd__sync_negative(wd_task *self, const char *fn,
                                     wd_time timeout) {
   return wd_fail(self, WD_EINVAL, "%s: negative timeout %lld ns", fn,
