@@ -212,7 +212,8 @@ int wd_retry_init(wd_retry *r, const wd_retry_opts *opts);
 
 /* Call fn(self, arg) under r's policy (see above).  Checkpoint: yes (at
  * entry, in every back-off, and whatever fn does).
- * Returns 0 when an attempt succeeded; the last attempt's code when it
+ * Returns the result of the attempt that succeeded (0, or whatever
+ * non-negative value fn returns); the last attempt's code when it
  * gave up or the error was not retryable; the cancellation code when the
  * caller was cancelled; WD_EINVAL for NULL arguments or an uninitialised
  * r (fn not called). */
