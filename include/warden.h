@@ -14,6 +14,7 @@
 #include "warden/flow.h"
 #include "warden/group.h"
 #include "warden/guard.h"
+#include "warden/monitor.h"
 #include "warden/ratelimit.h"
 #include "warden/resource.h"
 #include "warden/runtime.h"

@@ -5,7 +5,7 @@
 # names them and fails, so the user knows exactly what to install.
 set -eu
 
-base="cmake make gcc pkg-config libuv1-dev"
+base="cmake make gcc pkg-config libuv1-dev libjansson-dev"
 case "${1:-check}" in
   demo) want="$base" ;;
   check) want="$base libcriterion-dev clang-format" ;;

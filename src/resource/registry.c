@@ -3,7 +3,8 @@
  * It is created by the first resource opened in a runtime and ends with
  * it.  It holds every live resource (opening, ready or closing) on one
  * list in creation order, so that an open and a close cost two pointer
- * writes each, and one record of counters per resource type, found by the
+ * writes each, and one record of counters per resource type (with the
+ * histogram of its instances' lifetimes, for the monitor), found by the
  * type's address: a list in first-use order with the last type found
  * checked first, since a program has few types and opens the same one many
  * times in a row.  Per-instance records are the resources themselves.
@@ -150,10 +151,12 @@ void wd__registry_remove(wd_resource *r, bool opened, int close_rc) {
   reg->nlive--;
   wd_resource_stats *st = &r->counters->st;
   st->active--;
-  if (opened)
+  if (opened) {
     st->closed++;
-  else
+    wd__hist_add(&r->counters->lifetime, wd_now(NULL) - r->created);
+  } else {
     st->open_errors++;
+  }
   if (close_rc < 0) st->close_errors++;
   r->reg = NULL;
 }

@@ -8,6 +8,7 @@
 #include <stdalign.h>
 #include <stddef.h>
 
+#include "../util/hist.h"
 #include "../util/list.h"
 #include "../util/mem.h"
 #include "warden.h"
@@ -18,6 +19,7 @@
 typedef struct wd__rtype {
   const wd_resource_type *type;
   wd_resource_stats st;
+  wd__hist lifetime; /* open to close (ns) of each instance opened and closed */
   struct wd__rtype *next; /* first-use order */
 } wd__rtype;
 
