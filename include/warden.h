@@ -10,6 +10,7 @@
 #include "warden/batcher.h"
 #include "warden/blocking.h"
 #include "warden/cancel.h"
+#include "warden/container.h"
 #include "warden/error.h"
 #include "warden/flow.h"
 #include "warden/group.h"
