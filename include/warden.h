@@ -7,6 +7,7 @@
 #define WARDEN_H
 
 #include "warden/alloc.h"
+#include "warden/app.h"
 #include "warden/batcher.h"
 #include "warden/blocking.h"
 #include "warden/cancel.h"
