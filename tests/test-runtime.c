@@ -789,3 +789,66 @@ Test(runtime, dump_ages_follow_the_virtual_clock) {
   cr_assert_not_null(strstr(buf, "(8.500 s left)"), "%s", buf);
   assert_no_leaks();
 }
+
+/* A wake-up the runtime cannot see (an unreferenced handle) is no
+ * deadlock while one is expected, even on the virtual clock. */
+typedef struct unseen {
+  uv_idle_t idle;
+  wd_wait w;
+} unseen;
+
+static void unseen_fire(uv_idle_t *h) {
+  unseen *u = h->data;
+  uv_idle_stop(h);
+  wd_wake(&u->w, 5);
+}
+
+static void unseen_closed(uv_handle_t *h) {
+  unseen *u = h->data;
+  wd_wake(&u->w, 6);
+}
+
+static int expect_main(wd_task *self, void *arg) {
+  (void)arg;
+  wd_runtime *rt = wd_task_runtime(self);
+  unseen u = {.w = {.what = "unseen"}};
+  uv_idle_init(wd_runtime_loop(rt), &u.idle);
+  u.idle.data = &u;
+  uv_unref((uv_handle_t *)&u.idle);
+  wd_runtime_expect_wakeup(rt, true);
+  uv_idle_start(&u.idle, unseen_fire);
+  cr_assert_eq(wd_park(self, &u.w), 5);
+  u.w = (wd_wait){.what = "unseen close"};
+  uv_close((uv_handle_t *)&u.idle, unseen_closed);
+  cr_assert_eq(wd_park(self, &u.w), 6);
+  wd_runtime_expect_wakeup(rt, false);
+  wd_runtime_expect_wakeup(rt, false); /* an extra off is harmless */
+  wd_runtime_expect_wakeup(NULL, true);
+  return 0;
+}
+
+Test(runtime, an_expected_wakeup_is_not_a_deadlock) {
+  cr_assert_eq(run_virtual(expect_main, NULL), 0);
+  assert_no_leaks();
+}
+
+static int why_main(wd_task *self, void *arg) {
+  (void)arg;
+  wd_cancel_scope s;
+  wd_cancel_scope_enter(self, &s, NULL);
+  wd_cancel_why(&s, "shutdown (SIGTERM)");
+  wd_cancel(&s); /* the first reason stays */
+  cr_assert_str_eq(wd_cancel_scope_reason(&s), "shutdown (SIGTERM)");
+  cr_assert_eq(wd_yield(self), WD_ECANCELED);
+  wd_cancel_scope_exit(self, &s, WD_ECANCELED);
+  wd_cancel_scope_enter(self, &s, NULL);
+  wd_cancel_why(&s, NULL);
+  cr_assert_str_eq(wd_cancel_scope_reason(&s), "cancelled");
+  wd_cancel_scope_exit(self, &s, 0);
+  return 0;
+}
+
+Test(runtime, a_scope_cancelled_with_a_reason_keeps_it) {
+  cr_assert_eq(run_virtual(why_main, NULL), 0);
+  assert_no_leaks();
+}

@@ -75,6 +75,12 @@ int wd_cancel_scope_exit(wd_task *self, wd_cancel_scope *s, int rc);
  * wins.  Tasks blocked under s wake with WD_ECANCELED.  Checkpoint: no. */
 void wd_cancel(wd_cancel_scope *s);
 
+/* wd_cancel() with a reason of your own, shown by
+ * wd_cancel_scope_reason() and in dumps ("shutdown (SIGTERM)").  why must
+ * be static (it is borrowed for the scope's life); NULL means "cancelled".
+ * Checkpoint: no. */
+void wd_cancel_why(wd_cancel_scope *s, const char *why);
+
 /* Move s's deadline (0 = none); takes effect at once, also while entered. */
 void wd_cancel_scope_set_deadline(wd_cancel_scope *s, wd_time deadline);
 

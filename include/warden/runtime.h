@@ -81,6 +81,13 @@ wd_runtime *wd_runtime_current(void);
  * NULL for a NULL rt. */
 struct uv_loop_s *wd_runtime_loop(wd_runtime *rt);
 
+/* Say that a wake-up may come from outside the runtime's sight (a signal
+ * handle kept unreferenced so that the virtual clock still jumps): while
+ * at least one expectation is on, tasks all blocked with nothing in
+ * flight are not a deadlock, and the runtime waits for the loop instead.
+ * Calls nest: each on needs an off.  Checkpoint: no. */
+void wd_runtime_expect_wakeup(wd_runtime *rt, bool on);
+
 /* The current time of task's runtime clock, in ns.  Checkpoint: no. */
 wd_time wd_now(const wd_task *self);
 

@@ -50,6 +50,7 @@ typedef struct wd__app {
   wd_manager *m;
   wd__app_ext *ext;
   wd_cancel_scope final_scope, run_scope, cleanup_scope;
+  bool expecting; /* a wake-up by signal is expected (virtual clock) */
   bool run_entered, cleanup_entered;
   wd_group sys;
   enum phase ph;
@@ -192,7 +193,7 @@ static void begin_shutdown(wd__app *a, const char *reason) {
   if (a->shutting_down) return;
   a->shutting_down = true;
   a->reason = reason;
-  if (a->run_entered) wd_cancel(&a->run_scope);
+  if (a->run_entered) wd_cancel_why(&a->run_scope, reason);
   if (a->sup_wait) wd_wake(a->sup_wait, 0);
 }
 
@@ -262,6 +263,8 @@ static bool leave_wait(wd_wait *w) { return true; }
 /* Close the handles and wait for their close callbacks: libuv touches a
  * handle until then.  Called in the final scope, shielded. */
 static void signals_stop(wd_task *self, wd__app *a) {
+  if (a->expecting) wd_runtime_expect_wakeup(a->rt, false);
+  a->expecting = false;
   for (size_t i = 0; i < a->nhandles; i++) {
     a->closing++;
     uv_close((uv_handle_t *)&a->sig[i], on_closed);
@@ -293,6 +296,13 @@ static int signals_start(wd_task *self, wd__app *a) {
       return wd_fail(self, rc, "app '%s': cannot handle %s: %s", a->name,
                      sig_name(signums[i]), uv_strerror(rc));
     if (virt) uv_unref((uv_handle_t *)&a->sig[i]);
+  }
+  /* Unreferenced on the virtual clock (so time still jumps), the handles
+   * are still a way to be woken: waiting only for a signal is no
+   * deadlock. */
+  if (virt) {
+    wd_runtime_expect_wakeup(a->rt, true);
+    a->expecting = true;
   }
   return 0;
 }
@@ -354,7 +364,8 @@ static int run(wd_task *self, wd__app *a) {
   int rc = wd_cancel_scope_enter(self, &a->run_scope, NULL);
   if (rc) return rc;
   a->run_entered = true;
-  if (a->shutting_down) wd_cancel(&a->run_scope); /* a signal came early */
+  if (a->shutting_down) /* a signal came early */
+    wd_cancel_why(&a->run_scope, a->reason);
   say(a, false, "running");
   rc = o->startup ? o->startup(self, a->m, o->arg) : 0;
   if (rc > 0) rc = 0;

@@ -73,6 +73,10 @@ void wd_cancel(wd_cancel_scope *s) {
   wd__cancel_with(s, WD_ECANCELED, "cancelled");
 }
 
+void wd_cancel_why(wd_cancel_scope *s, const char *why) {
+  wd__cancel_with(s, WD_ECANCELED, why ? why : "cancelled");
+}
+
 static void scope_fire(wd_timer_node *n) {
   wd_cancel_scope *s = wd__container_of(n, wd_cancel_scope, timer_);
   wd__cancel_with(s, WD_ETIMEDOUT, "deadline");

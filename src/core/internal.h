@@ -244,9 +244,10 @@ struct wd_runtime {
   int default_class, min_class;
   wd_guard_mode guard;
   bool await_posts;
-  int deadlocks;         /* times a deadlock was found */
-  wd__stack_pool *pools; /* one per stack size class */
-  wd_runtime_ext *exts;  /* newest first */
+  unsigned expect_wakeups; /* see wd_runtime_expect_wakeup */
+  int deadlocks;           /* times a deadlock was found */
+  wd__stack_pool *pools;   /* one per stack size class */
+  wd_runtime_ext *exts;    /* newest first */
   pthread_mutex_t post_mu;
   wd__post *post_head, *post_tail;
   bool post_closed;

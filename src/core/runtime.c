@@ -162,7 +162,8 @@ static void idle_virtual(wd_runtime *rt) {
 static bool deadlocked(wd_runtime *rt) {
   wd_time when;
   bool timer = wd__timers_next(rt, &when) && when != WD_TIME_NEVER;
-  if (rt->await_posts || timer || uv_loop_alive(&rt->loop) ||
+  if (rt->await_posts || rt->expect_wakeups || timer ||
+      uv_loop_alive(&rt->loop) ||
       atomic_load_explicit(&rt->post_pending, memory_order_relaxed))
     return false;
   fprintf(stderr,
@@ -346,6 +347,14 @@ int wd_run_with(const wd_runtime_opts *opts, wd_task_fn main, void *arg) {
 }
 
 uv_loop_t *wd_runtime_loop(wd_runtime *rt) { return rt ? &rt->loop : NULL; }
+
+void wd_runtime_expect_wakeup(wd_runtime *rt, bool on) {
+  if (!rt) return;
+  if (on)
+    rt->expect_wakeups++;
+  else if (rt->expect_wakeups)
+    rt->expect_wakeups--;
+}
 
 int wd_run(wd_task_fn main, void *arg) { return wd_run_with(NULL, main, arg); }
 
