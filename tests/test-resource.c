@@ -242,7 +242,8 @@ Test(resource, a_close_runs_shielded_from_the_callers_cancellation) {
 }
 
 typedef struct grace {
-  int rc_in; /* the result the close is given */
+  int rc_in;      /* the result the close is given */
+  wd_time within; /* the caller's grace, 0 = the type's */
   int rc;
   wd_time at;
 } grace;
@@ -253,7 +254,13 @@ static int grace_main(wd_task *self, void *arg) {
   wd_resource *r;
   cr_assert_eq(wd_resource_open(self, &graceful_type, &cfg, "stuck", &r), 0);
   int rc = g->rc_in ? wd_fail(self, g->rc_in, "work failed") : 0;
-  g->rc = wd_resource_close(self, r, rc);
+  if (g->within) {
+    /* A negative grace is refused before anything happens to r. */
+    cr_assert_eq(wd_resource_close_within(self, r, 0, -1), WD_EINVAL);
+    g->rc = wd_resource_close_within(self, r, rc, g->within);
+  } else {
+    g->rc = wd_resource_close(self, r, rc);
+  }
   g->at = wd_now(self);
   wd_resource_stats st;
   wd_resource_stats_get(NULL, &graceful_type, &st);
@@ -274,6 +281,17 @@ Test(resource, the_grace_deadline_cuts_a_hanging_close_short) {
   cr_assert_str_eq(e->msg, "resource 'stuck' (graceful): close failed");
   cr_assert_not_null(e->cause);
   cr_assert_str_eq(e->cause->msg, "close: timed out after 1.000 s");
+  assert_no_leaks();
+}
+
+Test(resource, close_within_replaces_the_types_grace) {
+  reset();
+  grace g = {.within = 300 * WD_MSEC};
+  cr_assert_eq(run_virtual(grace_main, &g), 0);
+  cr_assert_eq(g.at, 300 * WD_MSEC, "the caller's grace, not the type's 1 s");
+  cr_assert_eq(g.rc, WD_ETIMEDOUT);
+  const wd_error *e = wd_last_error();
+  cr_assert_str_eq(e->cause->msg, "close: timed out after 0.300 s");
   assert_no_leaks();
 }
 

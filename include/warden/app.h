@@ -54,8 +54,8 @@ typedef struct wd_manager_opts {
    * group.  0 = WD_MANAGER_GRACE_DEFAULT; WD_TIME_NEVER = wait, never
    * report. */
   wd_time task_grace;
-  /* The close timeout of resources registered with 0: 0 = none beyond the
-   * type's close_grace (see wd_manager_register). */
+  /* The close timeout of resources registered with 0: 0 = the type's
+   * close_grace (see wd_manager_register). */
   wd_time close_timeout;
   FILE *log;    /* shutdown reports; NULL: stderr */
   bool verbose; /* log every step of the shutdown, not only problems */
@@ -102,12 +102,10 @@ int wd_manager_close(wd_task *self, wd_manager *m, int rc);
 
 /* Register r, a ready resource, under name (copied; NULL: r's own name):
  * m now owns r, closes it at shutdown and frees it.  Registration order
- * is closing order, reversed.  close_timeout bounds how long shutdown
- * waits for r's close before it reports it (WD_ETIMEDOUT, "resource 'db'
- * (pg) took 3.000 s to close (timeout 1.000 s)"); 0 means the manager's
- * default, WD_TIME_NEVER none.  The close itself runs within its type's
- * close_grace (resource.h), which the manager cannot shorten: the timeout
- * reports, the grace bounds (see docs/app.md).
+ * is closing order, reversed.  close_timeout bounds r's close at
+ * shutdown: it is the close's grace (wd_resource_close_within), so a close
+ * that outruns it is cut and reported as WD_ETIMEDOUT; 0 means the
+ * manager's default, WD_TIME_NEVER (or no default) the type's close_grace.
  * Checkpoint: no.  Returns 0; or, having closed and freed r (told
  * WD_OUTCOME_ERROR) so that it does not leak: WD_EINVAL (NULL m, r not
  * ready, a negative timeout), WD_EBUSY (the name is registered already),

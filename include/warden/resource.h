@@ -145,6 +145,14 @@ int wd_resource_open_(wd_task *self, const wd_resource_type *t,
  * ran out) or 0. */
 int wd_resource_close(wd_task *self, wd_resource *r, int rc);
 
+/* wd_resource_close() with a grace of the caller's instead of the type's
+ * (0 = the type's): the bound a shutdown gives each resource.  A close
+ * that outruns it is cut at its next checkpoint and reported as
+ * WD_ETIMEDOUT.  Returns as wd_resource_close(), or WD_EINVAL for a
+ * negative grace (r untouched). */
+int wd_resource_close_within(wd_task *self, wd_resource *r, int rc,
+                             wd_time grace);
+
 /* Run the type's health check on a ready resource.  Checkpoint: yes.
  * Returns the check's result, WD_ENOSYS when the type has none,
  * WD_ECLOSED when r is not ready, WD_EINVAL for a NULL r. */

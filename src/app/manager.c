@@ -18,12 +18,10 @@
  * the grace, in a shielded scope; report the ones still running; wait for
  * them anyway in wd_group_exit, since no task may outlive its group; then
  * close the resources in reverse order of registration, each told how
- * things ended so far.  A resource's close runs shielded within its
- * type's grace (resource.c), which the manager cannot shorten from the
- * public API, so a registration's close timeout is enforced the one way
- * it can be: a watcher task reports the close when it outruns the
- * timeout, and shutdown counts that as an error, while the close itself
- * still ends within its grace.  Never closing an earlier resource while a
+ * things ended so far.  Each close runs with the registration's close
+ * timeout as its grace (wd_resource_close_within), so a close that
+ * outruns it is cut and reported, and shutdown stays bounded.
+ * Never closing an earlier resource while a
  * later one is still closing keeps the order a dependency needs.
  *
  * Every manager also holds one resource of type "manager": it makes the
@@ -591,61 +589,21 @@ static void stop_tasks(wd_task *self, wd_manager *m, wd__akeep *k) {
   }
 }
 
-/* The watcher of one close: reports it if it outruns its timeout. */
-typedef struct watch {
-  wd_manager *m;
-  const reg *g;
-  const char *type;
-  wd_time timeout;
-  wd_wait wait;
-  bool done, overdue;
-} watch;
-
-static int watch_main(wd_task *self, void *arg) {
-  watch *w = arg;
-  wd_cancel_scope s;
-  if (wd_cancel_scope_enter(
-          self, &s, &(wd_cancel_opts){.shield = true, .timeout = w->timeout}))
-    return 0;
-  int rc = 0;
-  if (!w->done) {
-    w->wait = (wd_wait){
-        .what = "resource close", .name = w->g->name, .on_cancel = leave_wait};
-    rc = wd_park(self, &w->wait);
-  }
-  wd_cancel_scope_exit(self, &s, 0);
-  if (rc && !w->done) {
-    w->overdue = true;
-    say(w->m, true, "resource '%s' (%s) is still closing after %.3f s",
-        w->g->name, w->type, wd__secs(w->timeout));
-  }
-  return 0;
-}
-
+/* Close one registration within its own timeout: the close runs with that
+ * as its grace, so a close that outruns it is cut and fails with
+ * WD_ETIMEDOUT, and the next resource's close starts on time. */
 static void close_reg(wd_task *self, wd_manager *m, reg *g, wd__akeep *k) {
   wd_resource *r = g->r;
   const char *type = wd_resource_type_of(r)->name;
   wd_time timeout = g->timeout ? g->timeout : m->close_timeout;
   say(m, false, "closing resource '%s' (%s)", g->name, type);
   wd_time t0 = self ? now_of(self) : 0;
-  watch w = {.m = m, .g = g, .type = type, .timeout = timeout};
-  wd_group wg;
-  bool watching = false;
-  if (self && timeout > 0 && timeout != WD_TIME_NEVER &&
-      wd_group_enter(self, &wg, &(wd_group_opts){.name = "close watch"}) == 0) {
-    watching = true;
-    /* Without a watcher, the close is not timed: nothing else changes. */
-    wd_spawn(&wg, watch_main, &w, &(wd_spawn_opts){.name = "close-watch"});
-  }
   wd__akeep_lend(k, self);
-  const wd_error *e =
-      wd__akeep_return(k, self, wd_resource_close(self, r, k->rc));
+  const wd_error *e = wd__akeep_return(
+      k, self,
+      wd_resource_close_within(self, r, k->rc,
+                               timeout == WD_TIME_NEVER ? 0 : timeout));
   g->r = NULL;
-  if (watching) {
-    w.done = true;
-    wd_wake(&w.wait, 0);
-    wd_group_exit(self, &wg, 0);
-  }
   wd_time took = self ? now_of(self) - t0 : 0;
   if (e) {
     /* The innermost cause says why ("disk full"); the outer layers only
@@ -653,19 +611,12 @@ static void close_reg(wd_task *self, wd_manager *m, reg *g, wd__akeep *k) {
     const wd_error *why = e;
     while (why->cause)
       why = why->cause;
-    say(m, true, "resource '%s' (%s) failed to close: %s: %s", g->name, type,
-        wd_err_name(e->code), why->msg);
+    say(m, true, "resource '%s' (%s) failed to close after %.3f s: %s: %s",
+        g->name, type, wd__secs(took), wd_err_name(e->code), why->msg);
   } else {
     say(m, false, "closed resource '%s' (%s) in %.3f s", g->name, type,
         wd__secs(took));
   }
-  if (w.overdue)
-    wd__akeep_add(k, self,
-                  wd_fail(self, WD_ETIMEDOUT,
-                          "manager '%s': resource '%s' (%s) took %.3f s to "
-                          "close (timeout %.3f s)",
-                          m->name, g->name, type, wd__secs(took),
-                          wd__secs(timeout)));
 }
 
 static int close_impl(wd_task *self, wd_manager *m, int rc, size_t *nerrors) {

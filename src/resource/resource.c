@@ -143,11 +143,14 @@ static void wait_closed(wd_task *self, wd_resource *r) {
   if (shielded) wd_cancel_scope_exit(self, &sh, 0);
 }
 
-/* Run the type's close in a shielded scope with the grace deadline. */
-static int run_close(wd_task *self, wd_resource *r, wd_outcome how) {
+/* Run the type's close in a shielded scope with the grace deadline: the
+ * caller's (grace > 0) or else the type's. */
+static int run_close(wd_task *self, wd_resource *r, wd_outcome how,
+                     wd_time grace) {
   const wd_resource_type *t = r->type;
   if (!self) return t->close(NULL, r->data, how);
-  wd_time grace = t->close_grace ? t->close_grace : WD_RESOURCE_GRACE_DEFAULT;
+  if (!grace)
+    grace = t->close_grace ? t->close_grace : WD_RESOURCE_GRACE_DEFAULT;
   wd_cancel_scope gs;
   wd_cancel_opts o = {.shield = true,
                       .timeout = grace == WD_TIME_NEVER ? 0 : grace,
@@ -163,7 +166,7 @@ static int run_close(wd_task *self, wd_resource *r, wd_outcome how) {
 /* Close r once.  opened is false when undoing an open the caller was
  * cancelled during: the instance then counts as an open error. */
 static int close_impl(wd_task *self, wd_resource *r, wd_outcome how,
-                      bool opened) {
+                      bool opened, wd_time grace) {
   switch ((wd_resource_state)r->state) {
   case WD_RESOURCE_CLOSED:
   case WD_RESOURCE_FAILED:
@@ -181,7 +184,7 @@ static int close_impl(wd_task *self, wd_resource *r, wd_outcome how,
   }
   r->state = WD_RESOURCE_CLOSING;
   r->refs++; /* a waiter must not see r freed under it */
-  int rc = r->type->close ? run_close(self, r, how) : 0;
+  int rc = r->type->close ? run_close(self, r, how, grace) : 0;
   if (rc > 0) rc = 0;
   r->state = opened ? WD_RESOURCE_CLOSED : WD_RESOURCE_FAILED;
   wd__registry_remove(r, opened, rc);
@@ -196,10 +199,17 @@ static int close_impl(wd_task *self, wd_resource *r, wd_outcome how,
 }
 
 int wd__resource_close_once(wd_task *self, wd_resource *r, wd_outcome how) {
-  return close_impl(self, r, how, true);
+  return close_impl(self, r, how, true, 0);
 }
 
 int wd_resource_close(wd_task *self, wd_resource *r, int rc) {
+  return wd_resource_close_within(self, r, rc, 0);
+}
+
+int wd_resource_close_within(wd_task *self, wd_resource *r, int rc,
+                             wd_time grace) {
+  if (grace < 0)
+    return wd_fail(self, WD_EINVAL, "wd_resource_close_within: negative grace");
   if (!r) return rc;
   if (r->state == WD_RESOURCE_OPENING) /* only its opener holds it */
     return wd_fail(self, WD_EBUSY, "resource '%s' (%s): still opening", r->name,
@@ -208,7 +218,7 @@ int wd_resource_close(wd_task *self, wd_resource *r, int rc) {
   wd__keep k;
   wd__keep_init(&k, rc);
   wd__keep_before(&k, self);
-  wd__keep_after(&k, self, close_impl(self, r, wd_outcome_of(rc), true));
+  wd__keep_after(&k, self, close_impl(self, r, wd_outcome_of(rc), true, grace));
   if (!r->scoped) drop_owner(r);
   wd_resource_unref(r);
   int kept = wd__keep_finish(&k, self);
@@ -264,7 +274,7 @@ int wd_resource_open_(wd_task *self, const wd_resource_type *t,
     wd__keep k;
     wd__keep_init(&k, crc);
     wd__keep_before(&k, self);
-    wd__keep_after(&k, self, close_impl(self, r, WD_OUTCOME_CANCEL, false));
+    wd__keep_after(&k, self, close_impl(self, r, WD_OUTCOME_CANCEL, false, 0));
     rc = wd__keep_finish(&k, self);
     wd_resource_unref(r);
     return rc;
