@@ -17,6 +17,7 @@
 #include "warden/group.h"
 #include "warden/guard.h"
 #include "warden/monitor.h"
+#include "warden/pool.h"
 #include "warden/ratelimit.h"
 #include "warden/resource.h"
 #include "warden/runtime.h"
