@@ -10,6 +10,7 @@
 #include "warden/app.h"
 #include "warden/batcher.h"
 #include "warden/blocking.h"
+#include "warden/cache.h"
 #include "warden/cancel.h"
 #include "warden/container.h"
 #include "warden/error.h"
