@@ -11,6 +11,7 @@
  * runs on the virtual clock, so every lifetime is exactly the sleep between
  * open and close. */
 #include <jansson.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -668,6 +669,261 @@ Test(monitor, bad_arguments) {
   assert_no_leaks();
 }
 
+/* ---- figures of the instances
+ * ------------------------------------------------------ The `gad-get` type
+ * reports figures of its own: gauges, counters and summaries, a figure
+ * with a name that is not an identifier, one without a name, a duplicate,
+ * one with an unknown kind, and one that two instances report with
+ * different kinds.  Its open sleeps when the config says so, to be caught
+ * while opening. */
+
+typedef struct gadget {
+  int which;
+} gadget;
+
+static int gadget_open(wd_task *self, void *data, const void *config) {
+  int which = *(const int *)config;
+  if (which == 3) {
+    int rc = wd_sleep(self, WD_SEC);
+    if (rc) return rc;
+  }
+  ((gadget *)data)->which = which;
+  return 0;
+}
+
+static size_t gadget_figures(void *data, wd_figure *out, size_t cap) {
+  const gadget *g = data;
+  cr_assert(g->which == 1 || g->which == 2, "asked while not ready");
+  if (g->which == 1) {
+    const wd_figure f[] = {
+        {.name = "level",
+         .help = "Level \\ of\nthe gadget.",
+         .kind = WD_FIGURE_GAUGE,
+         .value = 3},
+        {.name = "hits",
+         .help = "Hits.",
+         .kind = WD_FIGURE_COUNTER,
+         .value = 1000000000000001.0},
+        {.name = "lat_seconds",
+         .help = "Latency.",
+         .kind = WD_FIGURE_SUMMARY,
+         .count = 4,
+         .sum = 1.5,
+         .p50 = 0.25,
+         .p90 = 0.5,
+         .p99 = 0.5},
+        {.name = "bad-name", .kind = WD_FIGURE_GAUGE, .value = 1},
+        {.name = NULL, .kind = WD_FIGURE_GAUGE, .value = 1},
+        {.name = "9lives", .kind = WD_FIGURE_GAUGE, .value = 1},
+        {.name = "level", .kind = WD_FIGURE_GAUGE, .value = 99},
+        {.name = "strange", .kind = (wd_figure_kind)7, .value = 1},
+        {.name = "temp",
+         .help = "Temperature.",
+         .kind = WD_FIGURE_GAUGE,
+         .value = NAN},
+    };
+    size_t n = sizeof f / sizeof *f;
+    cr_assert_geq(cap, n);
+    memcpy(out, f, sizeof f);
+    return n;
+  }
+  const wd_figure f[] = {
+      {.name = "level",
+       .help = "Other help.",
+       .kind = WD_FIGURE_GAUGE,
+       .value = 0.25},
+      {.name = "hits", .kind = WD_FIGURE_COUNTER, .value = 7},
+      /* Quantiles of an empty summary are not shown. */
+      {.name = "lat_seconds", .kind = WD_FIGURE_SUMMARY, .p50 = 1, .p99 = 1},
+      {.name = "temp", .kind = WD_FIGURE_COUNTER, .value = 5},
+      {.name = "extra",
+       .help = "Extra.",
+       .kind = WD_FIGURE_GAUGE,
+       .value = 0.1},
+  };
+  memcpy(out, f, sizeof f);
+  return sizeof f / sizeof *f;
+}
+
+static const wd_resource_type gadget_type = {.name = "gad-get",
+                                             .size = sizeof(gadget),
+                                             .open = gadget_open,
+                                             .figures = gadget_figures};
+
+typedef struct gadgets {
+  wd_resource *plain, *g1, *g2, *g3;
+  wd_group g;
+} gadgets;
+
+static const int one = 1, two = 2, three = 3;
+
+static int open_slow_gadget(wd_task *self, void *arg) {
+  gadgets *gs = arg;
+  cr_assert_eq(wd_resource_open(self, &gadget_type, &three, "slow", &gs->g3),
+               0);
+  return 0;
+}
+
+/* plain `cyc` (id 1), g1 named `a"b\c<newline>d` (2), g2 (3), and a third
+ * gadget opening in its own task (4). */
+static void open_gadgets(wd_task *self, gadgets *gs) {
+  cr_assert_eq(wd_resource_open(self, &cyc_type, &ok_cfg, "plain", &gs->plain),
+               0);
+  cr_assert_eq(
+      wd_resource_open(self, &gadget_type, &one, "a\"b\\c\nd", &gs->g1), 0);
+  cr_assert_eq(wd_resource_open(self, &gadget_type, &two, "g2", &gs->g2), 0);
+  cr_assert_eq(wd_group_enter(self, &gs->g, NULL), 0);
+  cr_assert_eq(wd_spawn(&gs->g, open_slow_gadget, gs, NULL), 0);
+  cr_assert_eq(wd_yield(self), 0); /* its open has started: it sleeps */
+}
+
+static void close_gadgets(wd_task *self, gadgets *gs) {
+  cr_assert_eq(wd_group_exit(self, &gs->g, 0), 0);
+  cr_assert_eq(wd_resource_close(self, gs->g3, 0), 0);
+  cr_assert_eq(wd_resource_close(self, gs->g2, 0), 0);
+  cr_assert_eq(wd_resource_close(self, gs->g1, 0), 0);
+  cr_assert_eq(wd_resource_close(self, gs->plain, 0), 0);
+}
+
+static double jget_num(json_t *o, const char *key) {
+  json_t *v = json_object_get(o, key);
+  cr_assert(json_is_number(v), "'%s' is not a number", key);
+  return json_number_value(v);
+}
+
+static void check_lat(json_t *o, json_int_t count, double sum, double p50,
+                      double p90, double p99) {
+  cr_assert(json_is_object(o));
+  cr_assert_eq(json_object_size(o), 5);
+  cr_assert_eq(jget_int(o, "count"), count);
+  cr_assert_eq(jget_num(o, "sum"), sum);
+  if (!count) {
+    cr_assert(json_is_null(json_object_get(o, "p50")));
+    cr_assert(json_is_null(json_object_get(o, "p90")));
+    cr_assert(json_is_null(json_object_get(o, "p99")));
+    return;
+  }
+  cr_assert_eq(jget_num(o, "p50"), p50);
+  cr_assert_eq(jget_num(o, "p90"), p90);
+  cr_assert_eq(jget_num(o, "p99"), p99);
+}
+
+static void check_gadgets_json(const char *text) {
+  json_t *root = parse(text);
+  json_t *res = json_object_get(root, "resources");
+  cr_assert_eq(json_array_size(res), 4);
+  /* A type without figures: no "figures" at all. */
+  json_t *plain = json_array_get(res, 0);
+  cr_assert_eq(json_object_size(plain), 8);
+  cr_assert_null(json_object_get(plain, "figures"));
+
+  json_t *g1 = json_array_get(res, 1);
+  cr_assert_eq(json_object_size(g1), 9);
+  cr_assert_str_eq(jget_str(g1, "name"), "a\"b\\c\nd");
+  json_t *f = json_object_get(g1, "figures");
+  cr_assert(json_is_object(f));
+  cr_assert_eq(json_object_size(f), 4, "the first of each name, valid ones");
+  cr_assert_eq(jget_int(f, "level"), 3, "an integral value is an integer");
+  cr_assert_eq(jget_int(f, "hits"), 1000000000000001);
+  check_lat(json_object_get(f, "lat_seconds"), 4, 1.5, 0.25, 0.5, 0.5);
+  cr_assert(json_is_null(json_object_get(f, "temp")), "NaN is null");
+
+  json_t *g2 = json_array_get(res, 2);
+  f = json_object_get(g2, "figures");
+  cr_assert_eq(json_object_size(f), 5);
+  json_t *lv = json_object_get(f, "level");
+  cr_assert(json_is_real(lv));
+  cr_assert_eq(json_real_value(lv), 0.25);
+  cr_assert_eq(jget_int(f, "hits"), 7);
+  check_lat(json_object_get(f, "lat_seconds"), 0, 0, 0, 0, 0);
+  cr_assert_eq(jget_int(f, "temp"), 5);
+  cr_assert_eq(jget_num(f, "extra"), 0.1);
+
+  /* Not ready: an empty object, and the type was not asked. */
+  json_t *g3 = json_array_get(res, 3);
+  cr_assert_str_eq(jget_str(g3, "state"), "opening");
+  f = json_object_get(g3, "figures");
+  cr_assert(json_is_object(f));
+  cr_assert_eq(json_object_size(f), 0);
+  json_decref(root);
+}
+
+#define G1 "{name=\"a\\\"b\\\\c\\nd\",id=\"2\""
+#define G2 "{name=\"g2\",id=\"3\""
+
+static const char *const gadget_prom[] = {
+    "# HELP warden_gad_get_level Level \\\\ of\\nthe gadget.",
+    "# TYPE warden_gad_get_level gauge",
+    "warden_gad_get_level" G1 "} 3",
+    "warden_gad_get_level" G2 "} 0.25",
+    "# HELP warden_gad_get_hits_total Hits.",
+    "# TYPE warden_gad_get_hits_total counter",
+    "warden_gad_get_hits_total" G1 "} 1000000000000001",
+    "warden_gad_get_hits_total" G2 "} 7",
+    "# HELP warden_gad_get_lat_seconds Latency.",
+    "# TYPE warden_gad_get_lat_seconds summary",
+    "warden_gad_get_lat_seconds" G1 ",quantile=\"0.5\"} 0.25",
+    "warden_gad_get_lat_seconds" G1 ",quantile=\"0.9\"} 0.5",
+    "warden_gad_get_lat_seconds" G1 ",quantile=\"0.99\"} 0.5",
+    "warden_gad_get_lat_seconds_sum" G1 "} 1.5",
+    "warden_gad_get_lat_seconds_count" G1 "} 4",
+    "warden_gad_get_lat_seconds" G2 ",quantile=\"0.5\"} NaN",
+    "warden_gad_get_lat_seconds" G2 ",quantile=\"0.9\"} NaN",
+    "warden_gad_get_lat_seconds" G2 ",quantile=\"0.99\"} NaN",
+    "warden_gad_get_lat_seconds_sum" G2 "} 0",
+    "warden_gad_get_lat_seconds_count" G2 "} 0",
+    /* g2's `temp` is a counter: not in g1's gauge family. */
+    "# HELP warden_gad_get_temp Temperature.",
+    "# TYPE warden_gad_get_temp gauge",
+    "warden_gad_get_temp" G1 "} NaN",
+    "# HELP warden_gad_get_extra Extra.",
+    "# TYPE warden_gad_get_extra gauge",
+    "warden_gad_get_extra" G2 "} 0.1",
+};
+
+static int gadgets_main(wd_task *self, void *arg) {
+  static gadgets gs;
+  open_gadgets(self, &gs);
+  char *text;
+  cr_assert_eq(wd_monitor_export(NULL, WD_EXPORT_JSON, 0, &text), 0);
+  check_gadgets_json(text);
+  wd_text_free(text);
+  cr_assert_eq(wd_monitor_export(NULL, WD_EXPORT_JSON, WD_EXPORT_INDENT, &text),
+               0);
+  check_gadgets_json(text);
+  wd_text_free(text);
+
+  /* Prometheus: the figures come last, after the age gauge. */
+  cr_assert_eq(wd_monitor_export(NULL, WD_EXPORT_PROMETHEUS, 0, &text), 0);
+  const char *at = strstr(text, "\n# HELP warden_gad_get_");
+  cr_assert_not_null(at, "%s", text);
+  cr_assert_not_null(strstr(text,
+                            "warden_resource_age_seconds{type=\"gad-get\","
+                            "name=\"slow\",id=\"4\",state=\"opening\"}"));
+  check_lines(at + 1, gadget_prom, sizeof gadget_prom / sizeof *gadget_prom);
+  wd_text_free(text);
+
+  /* Per instance: left out with the instances. */
+  cr_assert_eq(wd_monitor_export(NULL, WD_EXPORT_PROMETHEUS,
+                                 WD_EXPORT_NO_INSTANCES, &text),
+               0);
+  cr_assert_null(strstr(text, "warden_gad_get"), "%s", text);
+  wd_text_free(text);
+  cr_assert_eq(
+      wd_monitor_export(NULL, WD_EXPORT_JSON, WD_EXPORT_NO_INSTANCES, &text),
+      0);
+  cr_assert_null(strstr(text, "figures"), "%s", text);
+  wd_text_free(text);
+
+  close_gadgets(self, &gs);
+  return 0;
+}
+
+Test(monitor, figures_of_the_instances_in_json_and_prometheus) {
+  cr_assert_eq(run_virtual(gadgets_main, NULL), 0);
+  assert_no_leaks();
+}
+
 /* ---- allocation failures
  * ------------------------------------------------------------ jansson
  * allocates through warden's allocator here, so that its failures are injected
@@ -679,12 +935,15 @@ static void j_free(void *p) { wd__free(p); }
 typedef struct fault {
   wd_export_format fmt;
   unsigned flags;
+  bool gadgets; /* also instances with figures */
 } fault;
 
 static int fault_main(wd_task *self, void *arg) {
   const fault *f = arg;
   small s;
   run_small(self, &s);
+  static gadgets gs;
+  if (f->gadgets) open_gadgets(self, &gs);
   char *want;
   cr_assert_eq(wd_monitor_export(NULL, f->fmt, f->flags, &want), 0);
   for (long n = 1;; n++) {
@@ -721,7 +980,7 @@ static int fault_main(wd_task *self, void *arg) {
     wd_alloc_fail_after(0);
     if (!fired) {
       cr_assert_eq(rc, 0);
-      cr_assert_eq(l.n, 2);
+      cr_assert_eq(l.n, f->gadgets ? 6 : 2);
       wd_resource_list_free(&l);
       break;
     }
@@ -729,15 +988,21 @@ static int fault_main(wd_task *self, void *arg) {
     cr_assert_eq(l.n, 0);
     cr_assert_null(l.items);
   }
+  if (f->gadgets) close_gadgets(self, &gs);
   close_small(self, &s);
   return 0;
 }
 
-static void fault_loop(wd_export_format fmt, unsigned flags) {
+static void fault_loop_with(wd_export_format fmt, unsigned flags,
+                            bool with_figures) {
   json_set_alloc_funcs(j_malloc, j_free);
-  fault f = {fmt, flags};
+  fault f = {fmt, flags, with_figures};
   cr_assert_eq(run_virtual(fault_main, &f), 0);
   assert_no_leaks();
+}
+
+static void fault_loop(wd_export_format fmt, unsigned flags) {
+  fault_loop_with(fmt, flags, false);
 }
 
 Test(monitor, allocation_failures_json) { fault_loop(WD_EXPORT_JSON, 0); }
@@ -748,4 +1013,12 @@ Test(monitor, allocation_failures_json_indented) {
 
 Test(monitor, allocation_failures_prometheus) {
   fault_loop(WD_EXPORT_PROMETHEUS, 0);
+}
+
+Test(monitor, allocation_failures_with_figures_json) {
+  fault_loop_with(WD_EXPORT_JSON, 0, true);
+}
+
+Test(monitor, allocation_failures_with_figures_prometheus) {
+  fault_loop_with(WD_EXPORT_PROMETHEUS, 0, true);
 }

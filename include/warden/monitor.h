@@ -174,7 +174,8 @@ void wd_health_report_free(wd_health_report *r);
  * JSON (written by jansson) or the Prometheus text exposition format,
  * version 0.0.4 (`Content-Type: text/plain; version=0.0.4`): # HELP and
  * # TYPE lines, counters named *_total, label values escaped, lifetimes as
- * a summary in seconds.  Text comes back allocated by warden: free it with
+ * a summary in seconds; the figures of resource types as their own
+ * families.  Text comes back allocated by warden: free it with
  * wd_text_free().  docs/monitor.md shows both formats. */
 
 typedef enum wd_export_format {
@@ -185,15 +186,19 @@ typedef enum wd_export_format {
 /* Flags of the export functions. */
 #define WD_EXPORT_INDENT 1u /* JSON: indented, one field a line */
 /* Leave out the per-resource part, whose size grows with the live
- * resources: the metrics' "resources" and age gauge, a health report's
- * "checks" and per-resource gauges. */
+ * resources: the metrics' "resources", age gauge and resource figures, a
+ * health report's "checks" and per-resource gauges. */
 #define WD_EXPORT_NO_INSTANCES 2u
 
 /* The figures of rt (NULL: the current runtime) as text in *out: per type
  * the counters and the lifetime distribution, then each live resource with
- * its state, creation site and age.  Types that share a name are reported
- * together.  Checkpoint: no.  Returns 0 and stores NUL-terminated text in
- * *out (the caller frees it with wd_text_free()); or, with *out NULL:
+ * its state, creation site and age, and the figures of each ready resource
+ * whose type has a `figures` function (resource.h): in JSON a "figures"
+ * object in the resource's, in Prometheus a family per figure named
+ * warden_<type>_<figure> (counters with _total) with `name` and `id`
+ * labels, # HELP and # TYPE once per family.  Types that share a name are
+ * reported together.  Checkpoint: no.  Returns 0 and stores NUL-terminated text
+ * in *out (the caller frees it with wd_text_free()); or, with *out NULL:
  * WD_EINVAL (NULL out, unknown format or flags), WD_ENOMEM. */
 int wd_monitor_export(wd_runtime *rt, wd_export_format fmt, unsigned flags,
                       char **out);

@@ -120,7 +120,8 @@
  * wd_pool_stats_get() gives sizes, counters and the wait-time and
  * hold-time distributions.  Every open pool is also a resource of type
  * wd_pool_resource_type ("pool") in its runtime's registry (resource.h):
- * it shows in wd_dump(), in the monitor's resource lists, and
+ * it shows in wd_dump(), in the monitor's resource lists with its
+ * figures (sizes, counters, wait and hold times: docs/pool.md), and
  * wd_health_check_all() checks it with wd_pool_health().  wd_pool_each()
  * visits the open pools of a runtime, for exporters.
  *

@@ -84,6 +84,39 @@ const char *wd_resource_state_name(wd_resource_state s);
 
 #define WD_RESOURCE_NAME_MAX 32
 
+/* ---- figures --------------------------------------------------------------
+ * Numbers a resource reports about itself (a pool's items in use, its
+ * acquires, its wait times), for the monitor's exports (monitor.h) to
+ * show beside each live instance of its type.  A type that has some fills
+ * them in its `figures` function; warden never interprets them. */
+
+typedef enum wd_figure_kind {
+  WD_FIGURE_GAUGE = 0,   /* a value that goes up and down: `value` */
+  WD_FIGURE_COUNTER = 1, /* a count that only grows: `value` */
+  /* A distribution: `count` samples adding up to `sum`, and its
+   * quantiles `p50`, `p90`, `p99` (ignored while count is 0). */
+  WD_FIGURE_SUMMARY = 2,
+} wd_figure_kind;
+
+/* One figure.  name is an identifier ([a-zA-Z_][a-zA-Z0-9_]*), unique
+ * within the instance, in the unit its suffix says (`wait_seconds`); a
+ * counter's name has no `_total` (Prometheus export adds it).  name and
+ * help are static strings (help may be NULL).  A figure with another name
+ * is left out of the exports. */
+typedef struct wd_figure {
+  const char *name;
+  const char *help;
+  wd_figure_kind kind;
+  double value;         /* gauge and counter */
+  uint64_t count;       /* summary */
+  double sum;           /* summary */
+  double p50, p90, p99; /* summary */
+} wd_figure;
+
+/* Room the monitor gives a type's figures function: figures beyond it are
+ * not shown. */
+#define WD_FIGURES_MAX 32
+
 /* A resource type: a static vtable, shared by every runtime.  Each
  * function gets the running task (NULL in synchronous use, see
  * wd_resource_open), the instance's state (`size` bytes, zeroed before
@@ -107,6 +140,11 @@ typedef struct wd_resource_type {
   /* The grace deadline of close: 0 = WD_RESOURCE_GRACE_DEFAULT,
    * WD_TIME_NEVER = none. */
   wd_time close_grace;
+  /* Fill out[0..cap) with the instance's figures and return how many were
+   * filled (at most cap).  Called by the monitor's exports for each ready
+   * instance, in the runtime's thread: it must not block, allocate, fail
+   * or change the instance.  NULL: the type has no figures. */
+  size_t (*figures)(void *data, wd_figure *out, size_t cap);
 } wd_resource_type;
 
 typedef struct wd_resource wd_resource;
@@ -267,8 +305,8 @@ int wd_resource_close_blocking(wd_task *self,
   static int var##_close_(wd_task *self, void *data, wd_outcome how) {         \
     return close_fn(self, (T *)data, how);                                     \
   }                                                                            \
-  static const wd_resource_type var = {(name),       sizeof(T), var##_open_,   \
-                                       var##_close_, NULL,      0}
+  static const wd_resource_type var = {                                        \
+      (name), sizeof(T), var##_open_, var##_close_, NULL, 0, NULL}
 
 /* The same from a synchronous pair run on the thread pool:
  * `int open_fn(T *, const void *config)`, `int close_fn(T *, wd_outcome)`.
@@ -289,8 +327,8 @@ int wd_resource_close_blocking(wd_task *self,
   static int var##_close_(wd_task *self, void *data, wd_outcome how) {         \
     return wd_resource_close_blocking(self, var##_sclose_, data, how);         \
   }                                                                            \
-  static const wd_resource_type var = {(name),       sizeof(T), var##_open_,   \
-                                       var##_close_, NULL,      0}
+  static const wd_resource_type var = {                                        \
+      (name), sizeof(T), var##_open_, var##_close_, NULL, 0, NULL}
 
 /* ---- the registry --------------------------------------------------------
  * Each runtime keeps its live resources (opening, ready or closing) and

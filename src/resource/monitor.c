@@ -20,11 +20,23 @@
  * the middle of a character - and both formats require it, so invalid
  * bytes are replaced by U+FFFD before jansson or the label escaper sees
  * them.
+ *
+ * A type may also report figures of its own per instance (resource.h's
+ * `figures`: a pool's items in use, its wait times).  The monitor knows
+ * nothing of them but their kind: it asks each ready instance while it
+ * exports, into a buffer on its own stack, and writes them in the
+ * instance's JSON object, or as Prometheus families named after the type
+ * and the figure.  Prometheus wants each family's samples together under
+ * one # HELP and # TYPE, so the figures of every instance are gathered
+ * into one table first and written family by family, in the order they
+ * first appear; JSON needs no such grouping.
  */
 #include <errno.h>
 #include <jansson.h>
 #include <limits.h>
+#include <math.h>
 #include <stdarg.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "resource-internal.h"
@@ -376,6 +388,80 @@ static void group_of(const wd__rtype *first, wd_resource_stats *st,
 /* ---- metrics as JSON -------------------------------------------------------
  */
 
+/* ---- figures of the instances --------------------------------------------
+ */
+
+static bool ident_char(char c, bool first) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' ||
+         (!first && c >= '0' && c <= '9');
+}
+
+static bool figure_ok(const wd_figure *f) {
+  if (!f->name || !ident_char(f->name[0], true)) return false;
+  for (const char *c = f->name + 1; *c; c++)
+    if (!ident_char(*c, false)) return false;
+  return f->kind == WD_FIGURE_GAUGE || f->kind == WD_FIGURE_COUNTER ||
+         f->kind == WD_FIGURE_SUMMARY;
+}
+
+/* The figures of a ready instance whose type has some, in buf
+ * (WD_FIGURES_MAX): those figure_ok() and not named like an earlier one
+ * are moved to the front; returns how many. */
+static size_t figures_of(const wd_resource_info *info, wd_figure *buf) {
+  if (!info->type->figures || info->state != WD_RESOURCE_READY) return 0;
+  size_t n = info->type->figures(wd_resource_data(info->resource), buf,
+                                 WD_FIGURES_MAX);
+  if (n > WD_FIGURES_MAX) n = WD_FIGURES_MAX;
+  size_t kept = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (!figure_ok(&buf[i])) continue;
+    bool dup = false;
+    for (size_t k = 0; k < kept && !dup; k++)
+      dup = strcmp(buf[k].name, buf[i].name) == 0;
+    if (!dup) buf[kept++] = buf[i];
+  }
+  return kept;
+}
+
+/* A number: an integer when it is one (counts stay counts), null for NaN
+ * and infinities, which JSON cannot carry. */
+static json_t *jnum(double v) {
+  if (isnan(v) || isinf(v)) return json_null();
+  if (v >= -9007199254740992.0 && v <= 9007199254740992.0 &&
+      (double)(json_int_t)v == v)
+    return json_integer((json_int_t)v);
+  return json_real(v);
+}
+
+static json_t *json_figure(const wd_figure *f) {
+  if (f->kind != WD_FIGURE_SUMMARY) return jnum(f->value);
+  json_t *o = json_object();
+  if (!o) return NULL;
+  int bad = jset(o, "count", jint(f->count));
+  bad |= jset(o, "sum", jnum(f->count ? f->sum : 0));
+  bad |= jset(o, "p50", f->count ? jnum(f->p50) : json_null());
+  bad |= jset(o, "p90", f->count ? jnum(f->p90) : json_null());
+  bad |= jset(o, "p99", f->count ? jnum(f->p99) : json_null());
+  if (!bad) return o;
+  json_decref(o);
+  return NULL;
+}
+
+/* The instance's "figures" object: empty while it is not ready. */
+static json_t *json_figures(const wd_resource_info *info) {
+  wd_figure buf[WD_FIGURES_MAX];
+  size_t n = figures_of(info, buf);
+  json_t *o = json_object();
+  if (!o) return NULL;
+  for (size_t i = 0; i < n; i++) {
+    if (jset(o, buf[i].name, json_figure(&buf[i]))) {
+      json_decref(o);
+      return NULL;
+    }
+  }
+  return o;
+}
+
 static int json_instance(const wd_resource_info *info, void *arg) {
   json_t *arr = arg;
   json_t *o = json_object();
@@ -389,6 +475,7 @@ static int json_instance(const wd_resource_info *info, void *arg) {
   bad |= jset(o, "line", json_integer(info->line));
   bad |= jset(o, "created_ns", jtime(info->created));
   bad |= jset(o, "age_ns", jtime(info->age));
+  if (info->type->figures) bad |= jset(o, "figures", json_figures(info));
   if (bad) {
     json_decref(o);
     o = NULL;
@@ -550,6 +637,173 @@ static int prom_instance(const wd_resource_info *info, void *arg) {
   return s->err != 0;
 }
 
+/* The figures of every ready instance, gathered for grouping. */
+typedef struct fig_row {
+  wd_resource *r;
+  wd_figure f;
+  bool done; /* written, or left out */
+} fig_row;
+
+typedef struct fig_table {
+  sink *s; /* its err is set when the table cannot grow */
+  fig_row *rows;
+  size_t n, cap;
+} fig_table;
+
+static int gather_figures(const wd_resource_info *info, void *arg) {
+  fig_table *t = arg;
+  wd_figure buf[WD_FIGURES_MAX];
+  size_t n = figures_of(info, buf);
+  if (t->n + n > t->cap) {
+    size_t cap = t->cap ? t->cap : 32;
+    while (cap < t->n + n)
+      cap *= 2;
+    fig_row *rows = wd__realloc(t->rows, cap * sizeof *rows);
+    if (!rows) {
+      if (!t->s->err) t->s->err = WD_ENOMEM;
+      return 1;
+    }
+    t->rows = rows;
+    t->cap = cap;
+  }
+  for (size_t i = 0; i < n; i++)
+    t->rows[t->n++] = (fig_row){.r = info->resource, .f = buf[i]};
+  return 0;
+}
+
+/* A type name's byte as it goes into a metric name. */
+static char metric_char(char c) { return ident_char(c, false) ? c : '_'; }
+
+static bool same_metric_part(const char *a, const char *b) {
+  for (; *a && *b; a++, b++)
+    if (metric_char(*a) != metric_char(*b)) return false;
+  return *a == *b;
+}
+
+/* Two rows of one family: the same type name once made a metric name, and
+ * the same figure name. */
+static bool same_family(const fig_row *a, const fig_row *b) {
+  return strcmp(a->f.name, b->f.name) == 0 &&
+         same_metric_part(wd_resource_type_of(a->r)->name,
+                          wd_resource_type_of(b->r)->name);
+}
+
+/* warden_<type>_<figure>[suffix]. */
+static void prom_figure_name(sink *s, const fig_row *row, const char *suffix) {
+  char buf[64];
+  size_t n = 0;
+  sink_puts(s, "warden_");
+  for (const char *c = wd_resource_type_of(row->r)->name; *c; c++) {
+    buf[n++] = metric_char(*c);
+    if (n == sizeof buf) {
+      sink_write(s, buf, n);
+      n = 0;
+    }
+  }
+  sink_write(s, buf, n);
+  sink_printf(s, "_%s%s", row->f.name, suffix);
+}
+
+/* A number as Prometheus reads it: the shortest of 15 or 17 digits that
+ * reads back the same, with a '.' whatever the locale says. */
+static void prom_double(sink *s, double v) {
+  if (isnan(v)) {
+    sink_puts(s, "NaN");
+    return;
+  }
+  if (isinf(v)) {
+    sink_puts(s, v > 0 ? "+Inf" : "-Inf");
+    return;
+  }
+  char buf[48];
+  snprintf(buf, sizeof buf, "%.15g", v);
+  if (strtod(buf, NULL) != v) snprintf(buf, sizeof buf, "%.17g", v);
+  for (char *c = buf; *c; c++)
+    if (!(*c >= '0' && *c <= '9') && *c != '-' && *c != '+' && *c != 'e')
+      *c = '.';
+  sink_puts(s, buf);
+}
+
+static void help_escape_put(void *arg, const char *p, size_t n) {
+  sink *s = arg;
+  size_t from = 0;
+  for (size_t i = 0; i < n; i++) {
+    const char *esc = p[i] == '\\' ? "\\\\" : p[i] == '\n' ? "\\n" : NULL;
+    if (!esc) continue;
+    sink_write(s, p + from, i - from);
+    sink_puts(s, esc);
+    from = i + 1;
+  }
+  sink_write(s, p + from, n - from);
+}
+
+static void prom_figure_labels(sink *s, const fig_row *row) {
+  prom_label(s, "name", wd_resource_name(row->r), true);
+  sink_printf(s, ",id=\"%llu\"", (unsigned long long)wd_resource_id(row->r));
+}
+
+static void prom_figure_sample(sink *s, const fig_row *row) {
+  const wd_figure *f = &row->f;
+  if (f->kind != WD_FIGURE_SUMMARY) {
+    prom_figure_name(s, row, f->kind == WD_FIGURE_COUNTER ? "_total" : "");
+    sink_puts(s, "{");
+    prom_figure_labels(s, row);
+    sink_puts(s, "} ");
+    prom_double(s, f->value);
+    sink_puts(s, "\n");
+    return;
+  }
+  static const char *const q[] = {"0.5", "0.9", "0.99"};
+  const double v[] = {f->p50, f->p90, f->p99};
+  for (size_t i = 0; i < 3; i++) {
+    prom_figure_name(s, row, "");
+    sink_puts(s, "{");
+    prom_figure_labels(s, row);
+    sink_printf(s, ",quantile=\"%s\"} ", q[i]);
+    prom_double(s, f->count ? v[i] : NAN);
+    sink_puts(s, "\n");
+  }
+  prom_figure_name(s, row, "_sum");
+  sink_puts(s, "{");
+  prom_figure_labels(s, row);
+  sink_puts(s, "} ");
+  prom_double(s, f->count ? f->sum : 0);
+  sink_puts(s, "\n");
+  prom_figure_name(s, row, "_count");
+  sink_puts(s, "{");
+  prom_figure_labels(s, row);
+  sink_printf(s, "} %llu\n", (unsigned long long)f->count);
+}
+
+/* Every instance's figures, family by family in order of first
+ * appearance: one # HELP and # TYPE each (the first instance's help), then
+ * the samples of every instance that has it.  A figure whose kind differs
+ * from its family's first is left out: a family has one type. */
+static void prom_figures(sink *s, wd_runtime *rt) {
+  fig_table t = {.s = s};
+  wd_resource_each(rt, gather_figures, &t);
+  static const char *const kinds[] = {"gauge", "counter", "summary"};
+  for (size_t i = 0; i < t.n && !s->err; i++) {
+    fig_row *first = &t.rows[i];
+    if (first->done) continue;
+    const char *suffix = first->f.kind == WD_FIGURE_COUNTER ? "_total" : "";
+    sink_puts(s, "# HELP ");
+    prom_figure_name(s, first, suffix);
+    sink_puts(s, " ");
+    utf8_each(first->f.help ? first->f.help : "", help_escape_put, s);
+    sink_puts(s, "\n# TYPE ");
+    prom_figure_name(s, first, suffix);
+    sink_printf(s, " %s\n", kinds[first->f.kind]);
+    for (size_t k = i; k < t.n; k++) {
+      fig_row *row = &t.rows[k];
+      if (row->done || !same_family(first, row)) continue;
+      row->done = true;
+      if (row->f.kind == first->f.kind) prom_figure_sample(s, row);
+    }
+  }
+  wd__free(t.rows);
+}
+
 static void metrics_prometheus(sink *s, wd_runtime *rt, unsigned flags) {
   wd__registry *reg = wd__registry_find(rt);
   for (size_t f = 0; f < sizeof count_families / sizeof *count_families; f++) {
@@ -597,6 +851,7 @@ static void metrics_prometheus(sink *s, wd_runtime *rt, unsigned flags) {
   prom_family(s, "warden_resource_age_seconds", "gauge",
               "Age of each live resource, with its state.");
   wd_resource_each(rt, prom_instance, s);
+  prom_figures(s, rt);
 }
 
 /* ---- health reports

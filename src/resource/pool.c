@@ -1030,10 +1030,70 @@ static int pres_health(wd_task *self, void *data) {
   return wd_pool_health(self, p);
 }
 
+/* The pool's figures for the monitor's exports: wd_pool_stats_get()'s
+ * sizes, counters and distributions (seconds), none once the pool has
+ * closed.  No block, no allocation: the stats are copied on the stack. */
+static size_t pres_figures(void *data, wd_figure *out, size_t cap) {
+  const wd_pool *p = *(wd_pool **)data;
+  if (!POOL_OK(p)) return 0;
+  wd_pool_stats st;
+  if (wd_pool_stats_get(p, &st)) return 0;
+#define GAUGE(n, v, h)                                                         \
+  { .name = (n), .help = (h), .kind = WD_FIGURE_GAUGE, .value = (double)(v) }
+#define COUNTER(n, v, h)                                                       \
+  { .name = (n), .help = (h), .kind = WD_FIGURE_COUNTER, .value = (double)(v) }
+#define SUMMARY(n, d, h)                                                       \
+  {                                                                            \
+    .name = (n), .help = (h), .kind = WD_FIGURE_SUMMARY, .count = (d).count,   \
+    .sum = (double)(d).sum / WD_SEC, .p50 = (double)(d).p50 / WD_SEC,          \
+    .p90 = (double)(d).p90 / WD_SEC, .p99 = (double)(d).p99 / WD_SEC           \
+  }
+  const wd_figure all[] = {
+      GAUGE("size", st.size,
+            "Items that exist: idle, in use, or in the pool's hands."),
+      GAUGE("idle", st.idle, "Items ready to lend."),
+      GAUGE("in_use", st.in_use, "Items lent and not yet released."),
+      GAUGE("creating", st.creating, "Creates under way."),
+      GAUGE("waiting", st.waiting, "Tasks waiting for an item."),
+      GAUGE("max_size", st.max_size, "The most items the pool may hold."),
+      GAUGE("min_idle", st.min_idle, "Idle items the pool keeps ready."),
+      GAUGE("down", st.down ? 1 : 0,
+            "1 while creates keep failing and acquires fail fast."),
+      COUNTER("acquires", st.acquires, "Items lent."),
+      COUNTER("timeouts", st.timeouts,
+              "Acquires that ended by a deadline while waiting."),
+      COUNTER("cancelled", st.cancelled, "Acquires cancelled while waiting."),
+      COUNTER("failed_fast", st.failed_fast,
+              "Acquires failed with the create error while down."),
+      COUNTER("creates", st.creates, "Items created."),
+      COUNTER("create_errors", st.create_errors, "Creates that failed."),
+      COUNTER("destroys", st.destroys, "Items destroyed."),
+      COUNTER("destroy_errors", st.destroy_errors,
+              "Destroys that reported an error."),
+      COUNTER("validation_errors", st.validation_errors,
+              "Validations that failed."),
+      COUNTER("leaks", st.leaks, "Items reported held too long."),
+      SUMMARY("wait_seconds", st.wait_time,
+              "Time from an acquire's call to the item in hand (timed "
+              "acquires only; quantiles within 1/16)."),
+      SUMMARY("hold_seconds", st.hold_time,
+              "Time from an item's lending to its release (timed acquires "
+              "only; quantiles within 1/16)."),
+  };
+#undef GAUGE
+#undef COUNTER
+#undef SUMMARY
+  size_t n = sizeof all / sizeof *all;
+  if (n > cap) n = cap;
+  memcpy(out, all, n * sizeof *out);
+  return n;
+}
+
 const wd_resource_type wd_pool_resource_type = {.name = "pool",
                                                 .size = sizeof(wd_pool *),
                                                 .open = pres_open,
-                                                .health = pres_health};
+                                                .health = pres_health,
+                                                .figures = pres_figures};
 
 wd_pool *wd_pool_of_resource(const wd_resource *r) {
   if (!r || wd_resource_type_of(r) != &wd_pool_resource_type) return NULL;
