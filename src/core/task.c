@@ -15,6 +15,10 @@
 
 void wd__task_started(wd_task *t);
 
+#if !WD_ASAN && !defined(WD_USE_UCONTEXT) && UINTPTR_MAX == UINT64_MAX
+_Static_assert(sizeof(wd_task) <= 384, "a task record grew past 6 lines");
+#endif
+
 static _Noreturn void misuse_die(wd_task *t) {
   const char *what = !wd__list_empty(&t->groups) ? "a task group" : NULL;
   const char *file = t->file;
