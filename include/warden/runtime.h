@@ -107,8 +107,9 @@ int wd_runtime_post(wd_runtime *rt, void (*fn)(wd_runtime *rt, void *arg),
 
 /* A runtime extension: per-runtime state of a layer above the core (the
  * registry of live resources, the default manager), found by its key and
- * told when the runtime ends.  Lives in the caller's memory (it may be
- * allocated and free itself in at_exit). */
+ * told when the runtime ends.  Lives in the caller's memory, which must
+ * stay valid until its at_exit has run (there is no detaching): a static
+ * or a block that at_exit frees. */
 typedef struct wd_runtime_ext {
   const void *key; /* identity: the address of a static object */
   /* Adds lines to wd_dump() after the task tree; may be NULL. */
