@@ -25,20 +25,23 @@
 extern "C" {
 #endif
 
+/* Private layout.  The first 64 bytes hold what a checkpoint's walk up the
+ * scopes and a task's end read, so that a task's root scope costs its
+ * record one cache line at those times. */
 typedef struct wd_cancel_scope {
   struct wd_cancel_scope *parent_;
   wd_task *owner_;
-  wd_link children_; /* scopes nested in this one, in any task */
-  wd_link sibling_;  /* in parent_->children_ */
+  wd_link sibling_; /* in parent_->children_ */
   wd_timer_node timer_;
+  int cancel_rc_; /* 0, WD_ECANCELED or WD_ETIMEDOUT */
+  bool shield_;
+  bool entered_;
+  bool fail_;
+  wd_link children_; /* scopes nested in this one, in any task */
   wd_time deadline_;
   wd_time timeout_;  /* for fail-after messages */
   const char *what_; /* fail-after operation, borrowed */
   const char *why_;  /* static reason once cancelled */
-  int cancel_rc_;    /* 0, WD_ECANCELED or WD_ETIMEDOUT */
-  bool shield_;
-  bool entered_;
-  bool fail_;
 } wd_cancel_scope;
 
 /* Options for wd_cancel_scope_enter(); zero means no deadline, no shield. */

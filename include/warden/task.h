@@ -46,6 +46,7 @@ typedef struct wd_wait {
    * then sees the cancellation).  NULL makes the wait uncancellable. */
   bool (*on_cancel)(struct wd_wait *w);
   int result_;
+  uint64_t since_ms_; /* set by wd_park(): for the dump's "blocked n s" */
 } wd_wait;
 
 /* The running task of this thread, or NULL outside tasks. */

@@ -36,10 +36,10 @@ typedef struct wd_link {
   struct wd_link *next_, *prev_;
 } wd_link;
 
-/* A deadline in the runtime's timer queue (private). */
+/* A deadline in the runtime's timer queue (private).  Small on purpose:
+ * the deadline and the callback live in the queue, so a node embedded in
+ * a task's record adds no cache line to it. */
 typedef struct wd_timer_node {
-  wd_time when_;
-  void (*fire_)(struct wd_timer_node *node);
   uint32_t hidx_;
   bool armed_;
 } wd_timer_node;

@@ -45,13 +45,17 @@ static void dump_group(wd_runtime *rt, FILE *out, wd_group *g, int depth) {
 static void dump_wait(wd_runtime *rt, FILE *out, wd_task *t) {
   wd_wait *w = t->wait;
   uint64_t now = wd__loop_ms(rt);
-  fprintf(out, "blocked %.3f s", secs_ms(now - t->blocked_ms));
-  if (!w) return;
+  if (!w) {
+    fprintf(out, "blocked");
+    return;
+  }
+  fprintf(out, "blocked %.3f s", secs_ms(now - w->since_ms_));
   fprintf(out, " on %s", w->what ? w->what : "?");
   if (w->name) fprintf(out, " '%s'", w->name);
   if (t->sleep.armed_ && w->what && w->what[0] == 's')
     fprintf(out, " (%.3f s left)",
-            (double)(t->sleep.when_ - wd__now(rt)) / (double)WD_SEC);
+            (double)(wd__timer_when(rt, &t->sleep) - wd__now(rt)) /
+                (double)WD_SEC);
 }
 
 static void dump_task(wd_runtime *rt, FILE *out, wd_task *t, int depth) {

@@ -111,6 +111,7 @@ typedef struct wd__tent {
 
 typedef struct wd__thnd {
   wd_timer_node *node;
+  void (*fire)(wd_timer_node *node);
   uint32_t pos; /* heap position; next free handle when free */
 } wd__thnd;
 
@@ -159,43 +160,52 @@ typedef struct wd__local wd__local;
 
 #define WD__TASK_MAGIC 0x7461736bu
 
-/* The record lives at the top of the task's stack; kept to 384 bytes (six
- * cache lines) in release builds: with 100k tasks, every line more is a
- * cache miss more at each spawn, first run and wake. */
+/* The record lives at the top of the task's stack, 64-byte aligned, and is
+ * laid out by when its fields are touched: with a hundred thousand tasks
+ * every record line is a cache miss each time a task runs, so a switch, a
+ * park, a wake, a checkpoint and a sleep touch line 0 only; a task's first
+ * run and its end add line 1 (and 2 and 3 at the end); the rest is read by
+ * dumps.  tests: the static asserts in task.c keep it so. */
 struct wd_task {
+  /* line 0 */
   wd__ctx ctx;
   wd_runtime *rt;
-  wd_task *runq_next; /* in the run queue */
-  uint32_t magic;
+  wd_task *runq_next;    /* in the run queue */
+  wd_wait *wait;         /* while blocked */
+  uint64_t *canary;      /* stack.canary, checked at every switch away */
+  uint64_t cancel_epoch; /* cancel_rc is valid while it equals rt's */
+  wd_timer_node sleep;
+  int cancel_rc;
   uint8_t state;
   bool is_root, is_sched;
-  uint64_t id;
+  bool named; /* name holds a name; else it is made on demand */
+  /* line 1 */
   wd_task_fn fn;
   void *arg;
   void *result;
   wd_group *group; /* NULL for the root */
-  wd_link groups;  /* groups this task owns and has not exited */
-  wd_link holds;   /* wd_hold records: objects it must release */
-  wd_cancel_scope root_scope;
-  wd_cancel_scope *scope; /* innermost */
-  uint64_t cancel_epoch;  /* cancel_rc is valid while it equals rt's */
-  int cancel_rc;
-  int line; /* creation site, with file */
   wd_handle *handle;
-  wd_wait *wait; /* while blocked */
-  wd_timer_node sleep;
-  uint64_t blocked_ms; /* loop time when it blocked, for dumps */
-  wd_error *err;
+  wd_cancel_scope *scope; /* innermost */
   wd__local *locals;
-  const char *file;
-  uint64_t created_ms;
+  wd_error *err;
+  /* line 2 */
   wd__stack stack;
+  wd_link groups; /* groups this task owns and has not exited */
+  wd_link holds;  /* wd_hold records: objects it must release */
+  /* lines 3 and 4 */
+  wd_cancel_scope root_scope;
+  uint64_t id;
+  uint64_t created_ms;
+  const char *file; /* creation site, with line */
+  uint32_t magic;   /* for the overflow handler: a record, not garbage */
+  int line;
+  /* line 5 */
+  char name[WD_TASK_NAME_MAX];
 #if WD_ASAN
   void *asan_fake;
   const void *asan_lo;
   size_t asan_size;
 #endif
-  char name[WD_TASK_NAME_MAX];
 };
 
 /* A spawn waiting for a free slot of a bounded group. */
@@ -311,6 +321,8 @@ wd_time wd__now(wd_runtime *rt);
 void wd__timer_arm(wd_runtime *rt, wd_timer_node *n, wd_time when,
                    void (*fire)(wd_timer_node *));
 void wd__timer_disarm(wd_runtime *rt, wd_timer_node *n);
+/* The deadline of an armed node. */
+wd_time wd__timer_when(const wd_runtime *rt, const wd_timer_node *n);
 /* Reserve room for one more armed timer (WD_ENOMEM), or give it back. */
 int wd__timers_grow(wd_runtime *rt);
 static inline int wd__timers_reserve(wd_runtime *rt) {

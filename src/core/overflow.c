@@ -42,11 +42,11 @@ static void put_u(msgbuf *m, unsigned long long v) {
 
 static void put_task(msgbuf *m, const wd_task *t, size_t stack_bytes) {
   put(m, "warden: stack overflow in task ");
-  if (t && t->magic == WD__TASK_MAGIC) {
+  if (t && t->magic == WD__TASK_MAGIC && t->state != WD__DONE) {
     put_u(m, t->id);
     put(m, " '");
-    char name[WD_TASK_NAME_MAX];
-    memcpy(name, t->name, sizeof name);
+    char name[WD_TASK_NAME_MAX] = "";
+    if (t->named) memcpy(name, t->name, sizeof name);
     name[sizeof name - 1] = '\0';
     put(m, name);
     put(m, "'");

@@ -238,6 +238,7 @@ static int runtime_init(wd_runtime *rt, const wd_runtime_opts *o) {
   wd__list_init(&rt->sched.groups);
   wd__list_init(&rt->sched.holds);
   snprintf(rt->sched.name, sizeof rt->sched.name, "(scheduler)");
+  rt->sched.named = true;
   rt->current = &rt->sched;
   return 0;
 }

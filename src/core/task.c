@@ -16,7 +16,16 @@
 void wd__task_started(wd_task *t);
 
 #if !WD_ASAN && !defined(WD_USE_UCONTEXT) && UINTPTR_MAX == UINT64_MAX
+#include <stddef.h>
 _Static_assert(sizeof(wd_task) <= 384, "a task record grew past 6 lines");
+_Static_assert(offsetof(wd_task, is_sched) < 64 && offsetof(wd_task, fn) == 64,
+               "a switch, park, wake or sleep must touch line 0 only");
+_Static_assert(offsetof(wd_task, stack) == 128 &&
+                   offsetof(wd_task, root_scope) == 192,
+               "a task's end reads lines 1 to 3");
+_Static_assert(sizeof(wd_cancel_scope) == 96 &&
+                   offsetof(wd_cancel_scope, children_) == 48,
+               "a root scope's end and a checkpoint read its first line");
 #endif
 
 static _Noreturn void misuse_die(wd_task *t) {
@@ -74,10 +83,9 @@ static _Noreturn void task_finish(wd_task *t, int rc) {
   rt->ntasks--;
   /* The last switch checks the canary too, but by then the record is no
    * longer a task's: check while it can still be named. */
-  if (t->stack.canary && *t->stack.canary != WD__CANARY)
+  if (t->canary && *t->canary != WD__CANARY)
     wd__overflow_die(t, "stack canary overwritten");
-  t->state = WD__DONE;
-  t->magic = 0;
+  t->state = WD__DONE; /* the overflow handler no longer names it */
   rt->zombie = t;
   wd__switch_away(t);
   __builtin_unreachable();
@@ -105,7 +113,7 @@ int wd__task_spawn(wd_group *g, wd_task_fn fn, void *arg, wd_handle *h,
   wd_task *t = wd__task_at(st.hi);
   /* Field by field rather than a memset of the whole record: this is the
    * spawn path, and most fields are written below anyway. */
-  t->name[0] = '\0';
+  t->named = name != NULL; /* else the name's line is not touched */
   if (name) {
     strncpy(t->name, name, sizeof t->name - 1);
     t->name[sizeof t->name - 1] = '\0';
@@ -115,7 +123,6 @@ int wd__task_spawn(wd_group *g, wd_task_fn fn, void *arg, wd_handle *h,
   t->wait = NULL;
   t->err = NULL;
   t->sleep.armed_ = false;
-  t->blocked_ms = 0;
   t->cancel_rc = 0;
 #if WD_ASAN
   t->asan_fake = NULL;
@@ -123,6 +130,7 @@ int wd__task_spawn(wd_group *g, wd_task_fn fn, void *arg, wd_handle *h,
   t->magic = WD__TASK_MAGIC;
   t->rt = rt;
   t->stack = st;
+  t->canary = st.canary;
   t->id = id ? id : ++rt->next_id;
   t->fn = fn;
   t->arg = arg;
@@ -135,6 +143,15 @@ int wd__task_spawn(wd_group *g, wd_task_fn fn, void *arg, wd_handle *h,
   wd__list_init(&t->groups);
   wd__list_init(&t->holds);
   wd__scope_init_root(t, g ? &g->scope : NULL);
+  /* Spawned by the group's owner from inside the group (the usual case):
+   * the new task's status is the owner's, cached and current.  Taking it
+   * spares the task's first checkpoint a walk up the scopes, whose lines
+   * are cold by then when many tasks run. */
+  wd_task *cur = rt->current;
+  if (g && cur->scope == &g->scope) {
+    t->cancel_rc = wd__cancel_status(cur);
+    t->cancel_epoch = rt->cancel_epoch;
+  }
   wd__ctx_make(&t->ctx, st.lo, (char *)t, wd__task_main, t);
 #if WD_ASAN
   t->asan_lo = st.lo;
@@ -159,9 +176,10 @@ uint64_t wd_task_id(const wd_task *task) { return task ? task->id : 0; }
 
 const char *wd_task_name(const wd_task *task) {
   if (!task) return "(none)";
-  if (!task->name[0]) {
+  if (!task->named) {
     wd_task *t = (wd_task *)task; /* the default name is made lazily */
     snprintf(t->name, sizeof t->name, "task-%llu", (unsigned long long)t->id);
+    t->named = true;
   }
   return task->name;
 }
@@ -171,6 +189,7 @@ void wd_task_set_name(wd_task *self, const char *name) {
   if (!name) name = "";
   strncpy(self->name, name, sizeof self->name - 1);
   self->name[sizeof self->name - 1] = '\0';
+  self->named = true;
 }
 
 void wd_task_set_result(wd_task *self, void *result) {
@@ -218,7 +237,7 @@ int wd_join(wd_task *self, wd_handle *h) {
   join_wait jw = {.w = {.what = "join", .on_cancel = join_cancel}, .h = h};
   /* The joined task's name when it has one; formatting a default name on
    * every join would cost more than the join. */
-  jw.w.name = h->task && h->task->name[0] ? h->task->name : NULL;
+  jw.w.name = h->task && h->task->named ? h->task->name : NULL;
   h->joiner_ = &jw.w;
   return wd_park(self, &jw.w);
 }

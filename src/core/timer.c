@@ -5,9 +5,12 @@
  * sleep; a heap that links the nodes themselves (we first used a pairing
  * heap) touches those pages at every operation and spends its time in TLB
  * misses.  Here the heap entries (deadline, sequence, handle) sit in one
- * array, and a node is reached through a handle table only when it fires:
- * moving entries updates the handle table, never the nodes.  A 4-ary heap
- * halves the depth of a binary one for the same comparisons per level.
+ * array, and a node is reached through a handle table (which also holds
+ * its callback) only when it fires: moving entries updates the handle
+ * table, never the nodes.  A node is thus only a handle and a flag, and
+ * sits in the task record's first cache line with the other fields a
+ * sleep touches.  A 4-ary heap halves the depth of a binary one for the
+ * same comparisons per level.
  *
  * Arming must not fail - a sleeping task costs no allocation - so capacity
  * is reserved ahead: one slot per task (its sleep) at spawn and one per
@@ -103,12 +106,16 @@ void wd__timer_arm(wd_runtime *rt, wd_timer_node *n, wd_time when,
   uint32_t h = t->free_head; /* a reservation guarantees one */
   t->free_head = t->hnd[h].pos;
   t->hnd[h].node = n;
+  t->hnd[h].fire = fire;
   n->hidx_ = h;
-  n->when_ = when;
-  n->fire_ = fire;
   n->armed_ = true;
   wd__tent e = {when, t->seq++, h};
   sift_up(t, t->n++, e);
+}
+
+wd_time wd__timer_when(const wd_runtime *rt, const wd_timer_node *n) {
+  const wd__timers *t = &rt->timers;
+  return t->heap[t->hnd[n->hidx_].pos].when;
 }
 
 bool wd__timers_next(const wd_runtime *rt, wd_time *when) {
@@ -122,9 +129,10 @@ void wd__timers_expire(wd_runtime *rt, wd_time now) {
   while (t->n && t->heap[0].when <= now) {
     uint32_t h = t->heap[0].h;
     wd_timer_node *n = t->hnd[h].node;
+    void (*fire)(wd_timer_node *) = t->hnd[h].fire;
     remove_at(t, 0);
     free_handle(t, h);
     n->armed_ = false;
-    n->fire_(n);
+    fire(n);
   }
 }
