@@ -302,8 +302,12 @@ static inline wd_task *wd__runq_pop(wd_runtime *rt) {
   wd_task *t = rt->runq_head;
   if (t && !(rt->runq_head = t->runq_next)) rt->runq_tail = &rt->runq_head;
   /* The task after it runs next: start loading its record now.  With many
-   * tasks, records are cold, and this overlaps the miss with t's run. */
-  if (t && t->runq_next) __builtin_prefetch(t->runq_next, 1);
+   * tasks, records are cold, and this overlaps the misses with t's run:
+   * line 0 for the switch, line 1 for a first run or an end. */
+  if (t && t->runq_next) {
+    __builtin_prefetch(t->runq_next, 1);
+    __builtin_prefetch((char *)t->runq_next + 64, 1);
+  }
   return t;
 }
 static inline bool wd__runq_empty(const wd_runtime *rt) {

@@ -48,6 +48,9 @@ static inline void switch_to(wd_runtime *rt, wd_task *from, wd_task *to) {
   rt->current = to;
   to->state = WD__RUNNING;
   rt->switches++;
+  /* Checked when to switches away: its line (another stack's page) loads
+   * while to runs. */
+  if (to->canary) __builtin_prefetch(to->canary);
 #if WD_ASAN
   __sanitizer_start_switch_fiber(from->state == WD__DONE ? NULL
                                                          : &from->asan_fake,
