@@ -298,16 +298,27 @@ static inline void wd__ready(wd_task *t) {
   *rt->runq_tail = t;
   rt->runq_tail = &t->runq_next;
 }
+/* Past this many tasks their records no longer stay in the caches (they
+ * all sit at the same page offset, so they compete for the same sets),
+ * and a switch prefetches what the next task will touch. */
+#define WD__MANY_TASKS 64
+
+/* Start loading what n will touch when it runs after the current task:
+ * record line 0 for the switch, line 1 for a first run or an end, and the
+ * four stack lines under the record, which hold a new task's first frames
+ * and the frames an ending task returns through. */
+static inline void wd__prefetch_task(wd_task *n) {
+  __builtin_prefetch(n, 1);
+  __builtin_prefetch((char *)n + 64, 1);
+  for (int i = 1; i <= 4; i++)
+    __builtin_prefetch((char *)n - 64 * i, 1);
+}
+
 static inline wd_task *wd__runq_pop(wd_runtime *rt) {
   wd_task *t = rt->runq_head;
   if (t && !(rt->runq_head = t->runq_next)) rt->runq_tail = &rt->runq_head;
-  /* The task after it runs next: start loading its record now.  With many
-   * tasks, records are cold, and this overlaps the misses with t's run:
-   * line 0 for the switch, line 1 for a first run or an end. */
-  if (t && t->runq_next) {
-    __builtin_prefetch(t->runq_next, 1);
-    __builtin_prefetch((char *)t->runq_next + 64, 1);
-  }
+  if (t && t->runq_next && WD_UNLIKELY(rt->ntasks > WD__MANY_TASKS))
+    wd__prefetch_task(t->runq_next);
   return t;
 }
 static inline bool wd__runq_empty(const wd_runtime *rt) {

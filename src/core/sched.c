@@ -50,7 +50,8 @@ static inline void switch_to(wd_runtime *rt, wd_task *from, wd_task *to) {
   rt->switches++;
   /* Checked when to switches away: its line (another stack's page) loads
    * while to runs. */
-  if (to->canary) __builtin_prefetch(to->canary);
+  if (to->canary && WD_UNLIKELY(rt->ntasks > WD__MANY_TASKS))
+    __builtin_prefetch(to->canary);
 #if WD_ASAN
   __sanitizer_start_switch_fiber(from->state == WD__DONE ? NULL
                                                          : &from->asan_fake,
