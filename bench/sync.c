@@ -22,6 +22,17 @@
  *   sync.handoff.vs_switch is the semaphore hand-off over it, and
  *   sync.lock.handoff.vs_switch the lock's.
  *
+ * Both tasks of a timed pair run one function, as in the wd_yield floor.
+ * When they run two different functions, every switch returns into a
+ * caller other than the one the CPU's return-stack predictor expects (the
+ * other task's), which costs a mispredicted return per switch (~9 ns here)
+ * that is no part of the primitive: a ratio of a two-function hand-off to
+ * a one-function floor would mostly measure that.  The two-function shape
+ * is printed too, against a two-function wd_yield pair:
+ *   sync.sem.handoff.2fn   the ping-pong as a pinger and a ponger
+ *   sync.switch.2fn        wd_yield ping-pong by two different functions
+ *   sync.handoff.2fn.vs_switch  the first over the second
+ *
  * Each figure is the best of REPS runs, the variants interleaved.
  */
 #include <pthread.h>
@@ -35,6 +46,7 @@
 typedef struct results {
   int64_t lock, pthread, sem, limiter, queue;
   int64_t lock_hand, sem_hand, queue_pp, yield;
+  int64_t sem_hand2, yield2;
 } results;
 
 /* ---- uncontended --------------------------------------------------------- */
@@ -124,6 +136,15 @@ typedef struct pair {
   int started;
 } pair;
 
+/* One side of a semaphore ping-pong run by one function: wait on mine,
+ * signal other.  The side that serves first signals once before its
+ * loop, and skips its last signal so that both finish with no permit
+ * left. */
+typedef struct side {
+  wd_sem *mine, *other;
+  bool serves_first;
+} side;
+
 /* Each task takes the lock once and, the first time, yields so that the
  * other queues behind it; from then on every release hands the lock over
  * and every acquire blocks until it comes back. */
@@ -136,6 +157,17 @@ static int lock_passer(wd_task *self, void *arg) {
     if (!rc) rc = wd_lock_acquire(self, &p->lock);
   }
   return rc ? rc : wd_lock_release(self, &p->lock);
+}
+
+static int sem_passer(wd_task *self, void *arg) {
+  side *s = arg;
+  int rc = s->serves_first ? wd_sem_release(s->other) : 0;
+  for (long i = 0; i < N_HAND && !rc; i++) {
+    rc = wd_sem_acquire(self, s->mine);
+    if (!rc && (i < N_HAND - 1 || !s->serves_first))
+      rc = wd_sem_release(s->other);
+  }
+  return rc;
 }
 
 static int sem_pinger(wd_task *self, void *arg) {
@@ -189,17 +221,34 @@ static int yielder(wd_task *self, void *arg) {
   return rc;
 }
 
-/* ns for the two tasks a and b to finish, timed from the group's exit. */
-static int64_t duo(wd_task *self, wd_task_fn a, wd_task_fn b, pair *p,
-                   const char *what) {
+/* yielder's twin, a function of its own (the barrier keeps the compiler
+ * from merging the two). */
+static int yielder2(wd_task *self, void *arg) {
+  int rc = 0;
+  for (long i = 0; i < N_HAND && !rc; i++) {
+    rc = wd_yield(self);
+    __asm__ volatile("" ::: "memory");
+  }
+  return rc;
+}
+
+/* ns for the two tasks a(pa) and b(pb) to finish, timed from the group's
+ * exit. */
+static int64_t duo_with(wd_task *self, wd_task_fn a, void *pa, wd_task_fn b,
+                        void *pb, const char *what) {
   wd_group g;
   bench_check(wd_group_enter(self, &g, &(wd_group_opts){.name = what}),
               "wd_group_enter");
-  bench_check(wd_spawn(&g, a, p, NULL), "wd_spawn");
-  bench_check(wd_spawn(&g, b, p, NULL), "wd_spawn");
+  bench_check(wd_spawn(&g, a, pa, NULL), "wd_spawn");
+  bench_check(wd_spawn(&g, b, pb, NULL), "wd_spawn");
   int64_t t0 = bench_now();
   bench_check(wd_group_exit(self, &g, 0), what);
   return bench_now() - t0;
+}
+
+static int64_t duo(wd_task *self, wd_task_fn a, wd_task_fn b, pair *p,
+                   const char *what) {
+  return duo_with(self, a, p, b, p, what);
 }
 
 static int bench_main(wd_task *self, void *arg) {
@@ -215,10 +264,15 @@ static int bench_main(wd_task *self, void *arg) {
   bench_check(wd_sem_init(&p.pong, "pong", 0), "wd_sem_init");
   bench_check(wd_queue_init(&p.there, "there", 1, sizeof(int)), "queue");
   bench_check(wd_queue_init(&p.back, "back", 1, sizeof(int)), "queue");
+  side a = {&p.pong, &p.ping, true}, b = {&p.ping, &p.pong, false};
   r->lock_hand = duo(self, lock_passer, lock_passer, &p, "lock hand-off");
-  r->sem_hand = duo(self, sem_pinger, sem_ponger, &p, "sem hand-off");
+  r->sem_hand = duo_with(self, sem_passer, &a, sem_passer, &b, "sem hand-off");
   r->queue_pp = duo(self, queue_pinger, queue_ponger, &p, "queue ping-pong");
   r->yield = duo(self, yielder, yielder, &p, "yield ping-pong");
+  r->sem_hand2 = duo(self, sem_pinger, sem_ponger, &p, "sem ping-pong");
+  r->yield2 = duo(self, yielder, yielder2, &p, "2-function yield");
+  if (wd_sem_value(&p.ping) || wd_sem_value(&p.pong))
+    bench_check(WD_EINVAL, "a permit was left over");
   wd_lock_stats st;
   wd_lock_stats_get(&p.lock, &st);
   if (st.contended < 2 * (uint64_t)N_HAND - 2)
@@ -241,12 +295,15 @@ static void keep_best(results *best, const results *r) {
   best->sem_hand = bench_min(best->sem_hand, r->sem_hand);
   best->queue_pp = bench_min(best->queue_pp, r->queue_pp);
   best->yield = bench_min(best->yield, r->yield);
+  best->sem_hand2 = bench_min(best->sem_hand2, r->sem_hand2);
+  best->yield2 = bench_min(best->yield2, r->yield2);
 }
 
 int main(void) {
   bench_watchdog(120);
-  results best = {INT64_MAX, INT64_MAX, INT64_MAX, INT64_MAX, INT64_MAX,
-                  INT64_MAX, INT64_MAX, INT64_MAX, INT64_MAX};
+  results best = {INT64_MAX, INT64_MAX, INT64_MAX, INT64_MAX,
+                  INT64_MAX, INT64_MAX, INT64_MAX, INT64_MAX,
+                  INT64_MAX, INT64_MAX, INT64_MAX};
   for (int rep = 0; rep < REPS; rep++) {
     results r;
     bench_check(wd_run(bench_main, &r), "wd_run");
@@ -275,5 +332,9 @@ int main(void) {
   bench_print("sync.switch", sw, 2, "ns");
   bench_print("sync.handoff.vs_switch", sh / sw, 2, "ratio");
   bench_print("sync.lock.handoff.vs_switch", lh / sw, 2, "ratio");
+  double sh2 = (double)best.sem_hand2 / hand, sw2 = (double)best.yield2 / hand;
+  bench_print("sync.sem.handoff.2fn", sh2, 2, "ns");
+  bench_print("sync.switch.2fn", sw2, 2, "ns");
+  bench_print("sync.handoff.2fn.vs_switch", sh2 / sw2, 2, "ratio");
   return 0;
 }

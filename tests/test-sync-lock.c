@@ -562,6 +562,85 @@ Test(lock, timeout_message_names_the_owner_and_how_long_it_held_the_lock) {
   assert_no_leaks();
 }
 
+/* A timed waiter that is handed the lock stops counting as timed: the
+ * hand-off after it, with no timed waiter left, reads no clock, so a later
+ * timeout can only say "for at least".  (Were it still counted, that
+ * hand-off would have noted an exact time: "for 2.000 s".) */
+typedef struct handed {
+  wd_lock lock;
+  int timed_rc, late_rc;
+  char msg[256];
+  uint64_t plain_id;
+} handed;
+
+static int handed_first(wd_task *self, void *arg) {
+  handed *h = arg;
+  cr_assert_eq(wd_lock_acquire(self, &h->lock), 0);
+  cr_assert_eq(wd_sleep_until(self, WD_SEC), 0);
+  return wd_lock_release(self, &h->lock);
+}
+
+static int handed_timed(wd_task *self, void *arg) {
+  handed *h = arg;
+  cr_assert_eq(wd_sleep_until(self, WD_SEC / 10), 0);
+  h->timed_rc = wd_lock_acquire_for(self, &h->lock, 10 * WD_SEC);
+  cr_assert_eq(h->timed_rc, 0);
+  cr_assert_eq(wd_now(self), WD_SEC, "handed over at the release");
+  cr_assert_eq(wd_sleep_until(self, 2 * WD_SEC), 0);
+  return wd_lock_release(self, &h->lock);
+}
+
+static int handed_plain(wd_task *self, void *arg) {
+  handed *h = arg;
+  cr_assert_eq(wd_sleep_until(self, WD_SEC / 5), 0);
+  cr_assert_eq(wd_lock_acquire(self, &h->lock), 0);
+  cr_assert_eq(wd_now(self), 2 * WD_SEC);
+  cr_assert_eq(wd_sleep_until(self, 10 * WD_SEC), 0);
+  return wd_lock_release(self, &h->lock);
+}
+
+static int handed_late(wd_task *self, void *arg) {
+  handed *h = arg;
+  cr_assert_eq(wd_sleep_until(self, 3 * WD_SEC), 0);
+  h->late_rc = wd_lock_acquire_for(self, &h->lock, WD_SEC);
+  snprintf(h->msg, sizeof h->msg, "%s", last_msg(self));
+  return 0;
+}
+
+static int handed_main(wd_task *self, void *arg) {
+  handed *h = arg;
+  wd_group g;
+  wd_handle ph;
+  wd_lock_init(&h->lock, "accounts");
+  wd_group_enter(self, &g, NULL);
+  wd_spawn(&g, handed_first, h, NULL);
+  wd_spawn(&g, handed_timed, h, NULL);
+  wd_spawn(&g, handed_plain, h,
+           &(wd_spawn_opts){.name = "plain", .handle = &ph});
+  wd_spawn(&g, handed_late, h, NULL);
+  h->plain_id = ph.id;
+  cr_assert_eq(wd_group_exit(self, &g, 0), 0);
+  wd_lock_stats st;
+  wd_lock_stats_get(&h->lock, &st);
+  cr_assert_eq(st.acquired, 3, "first, then timed and plain by hand-off");
+  cr_assert_eq(st.contended, 2);
+  cr_assert_eq(st.waiting, 0);
+  return wd_lock_deinit(&h->lock);
+}
+
+Test(lock, a_timed_waiter_handed_the_lock_no_longer_counts_as_timed) {
+  handed h = {0};
+  cr_assert_eq(run_virtual(handed_main, &h), 0);
+  cr_assert_eq(h.late_rc, WD_ETIMEDOUT);
+  char want[200];
+  snprintf(want, sizeof want,
+           "lock 'accounts' not acquired within 1.000 s; held by task %llu "
+           "'plain' for at least 1.000 s",
+           (unsigned long long)h.plain_id);
+  cr_assert_str_eq(h.msg, want);
+  assert_no_leaks();
+}
+
 /* The timed path's one allocation is its scope's timer slot, made only
  * when the runtime's timer table is full.  The waiter pads the table with
  * p scopes first, so that for one p the slot must grow, and makes the next

@@ -333,7 +333,7 @@ typedef struct wd_queue {
   size_t nsenders_, nreceivers_;
   size_t ninside_; /* tasks in a call that waited on it, until it returns */
   wd_link senders_, receivers_;
-  uint64_t sent_, received_;
+  uint64_t sent_; /* received = sent_ - len_ */
   uint32_t magic_;
   bool closed_;
   char name_[WD_SYNC_NAME_MAX];

@@ -24,15 +24,13 @@ static const char cond_what[] = "condition";
 
 typedef struct cond_waiter {
   wd_wait w;
-  wd_link link;
+  wd_link link; /* in c->waiters_ while queued; NULLs once unlinked */
   wd_cond *c;
-  bool queued;
 } cond_waiter;
 
 #define COND_OK(c) ((c) && (c)->magic_ == WD__COND_MAGIC)
 
-__attribute__((cold)) static int bad_args(wd_task *self, const wd_cond *c,
-                                          const char *fn) {
+SYNC_COLD static int bad_args(wd_task *self, const wd_cond *c, const char *fn) {
   if (!self) return wd_fail(NULL, WD_EINVAL, "%s: NULL task", fn);
   return wd__sync_bad(self, c, "condition", fn);
 }
@@ -69,7 +67,6 @@ static void wake_first(wd_cond *c) {
   wd_link *l = wd__list_pop_front(&c->waiters_);
   if (!l) return;
   cond_waiter *cw = wd__container_of(l, cond_waiter, link);
-  cw->queued = false;
   c->nwaiting_--;
   wd_wake(&cw->w, 0);
 }
@@ -91,22 +88,25 @@ int wd_cond_broadcast(wd_cond *c) {
 static bool waiter_cancel(wd_wait *w) {
   cond_waiter *cw = wd__container_of(w, cond_waiter, w);
   wd__list_unlink(&cw->link);
-  cw->queued = false;
   cw->c->nwaiting_--;
   return true;
 }
 
+/* The record gets only the fields wd_park() reads (task.h: what, name,
+ * on_cancel) and ours. */
 static int wait_signal(wd_task *self, void *obj) {
   wd_cond *c = obj;
-  cond_waiter cw = {.w = {.what = cond_what,
-                          .name = wd__sync_wait_name(c->name_),
-                          .on_cancel = waiter_cancel},
-                    .c = c,
-                    .queued = true};
+  cond_waiter cw;
+  cw.w.what = cond_what;
+  cw.w.name = wd__sync_wait_name(c->name_);
+  cw.w.on_cancel = waiter_cancel;
+  cw.c = c;
   wd__list_push_back(&c->waiters_, &cw.link);
   c->nwaiting_++;
   int rc = wd_park(self, &cw.w);
-  if (cw.queued) waiter_cancel(&cw.w); /* wd_park refused to park */
+  /* A signal unlinks before it wakes, and so does a cancellation; only a
+   * wd_park() that refused to park leaves the record queued. */
+  if (SYNC_UNLIKELY(rc) && cw.link.next_) waiter_cancel(&cw.w);
   return rc;
 }
 

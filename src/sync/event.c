@@ -13,15 +13,14 @@ static const char event_what[] = "event";
 
 typedef struct event_waiter {
   wd_wait w;
-  wd_link link;
+  wd_link link; /* in ev->waiters_ while queued; NULLs once unlinked */
   wd_event *ev;
-  bool queued;
 } event_waiter;
 
 #define EVENT_OK(e) ((e) && (e)->magic_ == WD__EVENT_MAGIC)
 
-__attribute__((cold)) static int bad_args(wd_task *self, const wd_event *ev,
-                                          const char *fn) {
+SYNC_COLD static int bad_args(wd_task *self, const wd_event *ev,
+                              const char *fn) {
   return wd__sync_bad(self, ev, "event", fn);
 }
 
@@ -58,7 +57,6 @@ int wd_event_set(wd_event *ev) {
    * have moved past it. */
   while ((l = wd__list_pop_front(&ev->waiters_))) {
     event_waiter *ew = wd__container_of(l, event_waiter, link);
-    ew->queued = false;
     ev->nwaiting_--;
     wd_wake(&ew->w, 0);
   }
@@ -74,22 +72,25 @@ int wd_event_clear(wd_event *ev) {
 static bool waiter_cancel(wd_wait *w) {
   event_waiter *ew = wd__container_of(w, event_waiter, w);
   wd__list_unlink(&ew->link);
-  ew->queued = false;
   ew->ev->nwaiting_--;
   return true;
 }
 
+/* The record gets only the fields wd_park() reads (task.h: what, name,
+ * on_cancel) and ours. */
 static int wait_set(wd_task *self, void *obj) {
   wd_event *ev = obj;
-  event_waiter ew = {.w = {.what = event_what,
-                           .name = wd__sync_wait_name(ev->name_),
-                           .on_cancel = waiter_cancel},
-                     .ev = ev,
-                     .queued = true};
+  event_waiter ew;
+  ew.w.what = event_what;
+  ew.w.name = wd__sync_wait_name(ev->name_);
+  ew.w.on_cancel = waiter_cancel;
+  ew.ev = ev;
   wd__list_push_back(&ev->waiters_, &ew.link);
   ev->nwaiting_++;
   int rc = wd_park(self, &ew.w);
-  if (ew.queued) waiter_cancel(&ew.w); /* wd_park refused to park */
+  /* Set unlinks before it wakes, and so does a cancellation; only a
+   * wd_park() that refused to park leaves the record queued. */
+  if (SYNC_UNLIKELY(rc) && ew.link.next_) waiter_cancel(&ew.w);
   return rc;
 }
 

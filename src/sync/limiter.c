@@ -19,9 +19,8 @@ static const char limiter_what[] = "limiter";
 
 typedef struct limiter_waiter {
   wd_wait w;
-  wd_link link;
+  wd_link link; /* in lim->waiters_ while queued; NULLs once unlinked */
   wd_limiter *lim;
-  bool queued;
 } limiter_waiter;
 
 #define LIMITER_OK(l) ((l) && (l)->magic_ == WD__LIMIT_MAGIC)
@@ -30,10 +29,17 @@ static const char *label_of(char *buf, const wd_limiter *lim) {
   return wd__sync_label(buf, "limiter", lim->name_);
 }
 
-__attribute__((cold)) static int bad_args(wd_task *self, const wd_limiter *lim,
-                                          const char *fn) {
+/* The error paths are out of line and never inlined (SYNC_COLD), so that
+ * the hot functions keep small frames. */
+SYNC_COLD static int bad_args(wd_task *self, const wd_limiter *lim,
+                              const char *fn) {
   if (!self) return wd_fail(NULL, WD_EINVAL, "%s: NULL task", fn);
   return wd__sync_bad(self, lim, "limiter", fn);
+}
+
+SYNC_COLD static int acquire_cancelled(wd_task *self, const wd_limiter *lim,
+                                       int rc) {
+  return wd__sync_cancelled(self, rc, "limiter", lim->name_, "acquire");
 }
 
 int wd_limiter_init(wd_limiter *lim, const char *name, size_t limit) {
@@ -93,7 +99,6 @@ static void serve(wd_limiter *lim) {
     wd_link *l = wd__list_pop_front(&lim->waiters_);
     if (!l) return;
     limiter_waiter *lw = wd__container_of(l, limiter_waiter, link);
-    lw->queued = false;
     lim->nwaiting_--;
     grant(lim);
     wd_wake(&lw->w, 0);
@@ -103,23 +108,26 @@ static void serve(wd_limiter *lim) {
 static bool waiter_cancel(wd_wait *w) {
   limiter_waiter *lw = wd__container_of(w, limiter_waiter, w);
   wd__list_unlink(&lw->link);
-  lw->queued = false;
   lw->lim->nwaiting_--;
   return true;
 }
 
+/* The record gets only the fields wd_park() reads (task.h: what, name,
+ * on_cancel) and ours. */
 static int wait_permit(wd_task *self, void *obj) {
   wd_limiter *lim = obj;
-  limiter_waiter lw = {.w = {.what = limiter_what,
-                             .name = wd__sync_wait_name(lim->name_),
-                             .on_cancel = waiter_cancel},
-                       .lim = lim,
-                       .queued = true};
+  limiter_waiter lw;
+  lw.w.what = limiter_what;
+  lw.w.name = wd__sync_wait_name(lim->name_);
+  lw.w.on_cancel = waiter_cancel;
+  lw.lim = lim;
   wd_time t0 = wd_now(self);
   wd__list_push_back(&lim->waiters_, &lw.link);
   lim->nwaiting_++;
   int rc = wd_park(self, &lw.w);
-  if (lw.queued) waiter_cancel(&lw.w); /* wd_park refused to park */
+  /* serve() unlinks before it wakes, and so does a cancellation; only a
+   * wd_park() that refused to park leaves the record queued. */
+  if (SYNC_UNLIKELY(rc) && lw.link.next_) waiter_cancel(&lw.w);
   wd_time waited = wd_now(self) - t0;
   lim->wait_total_ += waited;
   if (waited > lim->wait_max_) lim->wait_max_ = waited;
@@ -130,22 +138,25 @@ static int wait_permit(wd_task *self, void *obj) {
   return rc;
 }
 
+/* wd_limiter_acquire() when every permit is out: out of line, so that the
+ * call that finds one free does not pay for this frame. */
+SYNC_NOINLINE static int acquire_wait(wd_task *self, wd_limiter *lim) {
+  lim->ninside_++;
+  int rc = wait_permit(self, lim); /* wd_park() checks for cancellation */
+  if (SYNC_UNLIKELY(rc)) rc = acquire_cancelled(self, lim, rc);
+  lim->ninside_--; /* the last time this call touches the limiter */
+  return rc;
+}
+
 int wd_limiter_acquire(wd_task *self, wd_limiter *lim) {
   if (SYNC_UNLIKELY(!self || !LIMITER_OK(lim)))
     return bad_args(self, lim, "wd_limiter_acquire");
-  int rc;
-  if (SYNC_LIKELY(lim->in_use_ < lim->limit_)) {
-    rc = wd_cancel_status(self);
-    if (SYNC_UNLIKELY(rc))
-      return wd__sync_cancelled(self, rc, "limiter", lim->name_, "acquire");
-    grant(lim);
-    return 0;
-  }
-  lim->ninside_++;
-  rc = wait_permit(self, lim); /* wd_park() checks for cancellation */
-  if (rc) rc = wd__sync_cancelled(self, rc, "limiter", lim->name_, "acquire");
-  lim->ninside_--; /* the last time this call touches the limiter */
-  return rc;
+  if (SYNC_UNLIKELY(lim->in_use_ >= lim->limit_))
+    return acquire_wait(self, lim);
+  int rc = wd_cancel_status(self);
+  if (SYNC_UNLIKELY(rc)) return acquire_cancelled(self, lim, rc);
+  grant(lim);
+  return 0;
 }
 
 int wd_limiter_acquire_for(wd_task *self, wd_limiter *lim, wd_time timeout) {
@@ -154,7 +165,7 @@ int wd_limiter_acquire_for(wd_task *self, wd_limiter *lim, wd_time timeout) {
   if (timeout < 0)
     return wd__sync_negative(self, "wd_limiter_acquire_for", timeout);
   int rc = wd_cancel_status(self);
-  if (rc) return wd__sync_cancelled(self, rc, "limiter", lim->name_, "acquire");
+  if (rc) return acquire_cancelled(self, lim, rc);
   if (lim->in_use_ < lim->limit_) {
     grant(lim);
     return 0;
@@ -173,7 +184,7 @@ int wd_limiter_acquire_for(wd_task *self, wd_limiter *lim, wd_time timeout) {
                  label_of(label, lim), wd__secs(timeout), lim->in_use_,
                  lim->limit_, lim->nwaiting_);
   } else if (wd_is_cancel(rc)) {
-    rc = wd__sync_cancelled(self, rc, "limiter", lim->name_, "acquire");
+    rc = acquire_cancelled(self, lim, rc);
   }
   lim->ninside_--; /* the last time this call touches the limiter */
   return rc;

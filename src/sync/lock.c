@@ -36,10 +36,9 @@ enum { SINCE_UNKNOWN = 0, SINCE_AT_LEAST = 1, SINCE_EXACT = 2 };
 
 typedef struct lock_waiter {
   wd_wait w;
-  wd_link link;
+  wd_link link; /* in lock->waiters_ while queued; NULLs once unlinked */
   wd_lock *lock;
-  bool queued;
-  bool timed;
+  bool timed; /* counted in lock->ntimed_ */
 } lock_waiter;
 
 #define LOCK_OK(l) ((l) && (l)->magic_ == WD__LOCK_MAGIC)
@@ -50,10 +49,17 @@ static const char *label_of(char *buf, const wd_lock *lock) {
   return wd__sync_label(buf, "lock", lock->name_);
 }
 
-__attribute__((cold)) static int bad_args(wd_task *self, const wd_lock *lock,
-                                          const char *fn) {
+/* The error paths are out of line and never inlined (SYNC_COLD), so that
+ * the hot functions keep small frames. */
+SYNC_COLD static int bad_args(wd_task *self, const wd_lock *lock,
+                              const char *fn) {
   if (!self) return wd_fail(NULL, WD_EINVAL, "%s: NULL task", fn);
   return wd__sync_bad(self, lock, "lock", fn);
+}
+
+SYNC_COLD static int acquire_cancelled(wd_task *self, const wd_lock *lock,
+                                       int rc) {
+  return wd__sync_cancelled(self, rc, "lock", lock->name_, "acquire");
 }
 
 int wd_lock_init(wd_lock *lock, const char *name) {
@@ -101,7 +107,7 @@ void wd_lock_stats_get(const wd_lock *lock, wd_lock_stats *out) {
   if (!out) return;
   *out = (wd_lock_stats){0};
   if (!lock) return;
-  out->acquired = lock->acquired_;
+  out->acquired = lock->acquired_ + lock->contended_;
   out->contended = lock->contended_;
   out->abandoned = lock->abandoned_;
   out->deadlocks = lock->deadlocks_;
@@ -111,6 +117,9 @@ void wd_lock_stats_get(const wd_lock *lock, wd_lock_stats *out) {
 
 /* ---- taking and handing on ---------------------------------------------- */
 
+/* Counting: acquired_ counts the acquisitions that did not wait and
+ * contended_ those that did, so that a hand-off bumps one counter;
+ * wd_lock_stats.acquired is their sum. */
 static inline void take(wd_task *self, wd_lock *lock) {
   lock->owner_ = self;
   lock->acquired_++;
@@ -118,9 +127,31 @@ static inline void take(wd_task *self, wd_lock *lock) {
   wd_task_hold(self, &lock->hold_);
 }
 
-/* The owner is gone (released or ended): the first waiter becomes the
- * owner and is woken, or the lock is free.  The new owner records its hold
- * itself when it runs (it cannot end before that). */
+/* Timed waiters are queued: their timeout messages will say how long the
+ * new owner has held the lock, so note when it got it.  Out of line: the
+ * clock is read on no other hand-off. */
+SYNC_NOINLINE static void note_since(wd_lock *lock, wd_task *t) {
+  lock->since_ = wd_now(t);
+  lock->since_kind_ = SINCE_EXACT;
+}
+
+/* The owner is gone (released or ended) and lw is the first waiter: it
+ * becomes the owner and is woken.  The new owner records its hold itself
+ * when it runs (it cannot end before that). */
+static inline void hand_to(wd_lock *lock, lock_waiter *lw) {
+  wd_task *t = lw->w.task;
+  lock->nwaiting_--;
+  lock->owner_ = t;
+  lock->contended_++;
+  lock->since_kind_ = SINCE_UNKNOWN;
+  if (SYNC_UNLIKELY(lock->ntimed_)) {
+    if (lw->timed) lock->ntimed_--;
+    if (lock->ntimed_) note_since(lock, t);
+  }
+  wd_wake(&lw->w, 0);
+}
+
+/* The owner is gone: hand the lock to the first waiter, or free it. */
 static void hand_off(wd_lock *lock) {
   wd_link *l = wd__list_pop_front(&lock->waiters_);
   if (!l) {
@@ -128,21 +159,7 @@ static void hand_off(wd_lock *lock) {
     lock->since_kind_ = SINCE_UNKNOWN;
     return;
   }
-  lock_waiter *lw = wd__container_of(l, lock_waiter, link);
-  wd_task *t = lw->w.task;
-  lw->queued = false;
-  lock->nwaiting_--;
-  if (lw->timed) lock->ntimed_--;
-  lock->owner_ = t;
-  lock->acquired_++;
-  lock->contended_++;
-  if (lock->ntimed_) {
-    lock->since_ = wd_now(t);
-    lock->since_kind_ = SINCE_EXACT;
-  } else {
-    lock->since_kind_ = SINCE_UNKNOWN;
-  }
-  wd_wake(&lw->w, 0);
+  hand_to(lock, wd__container_of(l, lock_waiter, link));
 }
 
 void wd__lock_release_owned(wd_task *self, wd_lock *lock) {
@@ -207,7 +224,7 @@ static void put_task(msgbuf *m, const wd_task *t) {
 
 /* Would self waiting on lock close a cycle of lock waits?  If so, record
  * WD_EDEADLK with the cycle spelled out. */
-static int check_cycle(wd_task *self, wd_lock *lock) {
+SYNC_COLD static int check_cycle(wd_task *self, wd_lock *lock) {
   /* Floyd's walk: `fast` takes two steps for each of `slow`'s; meeting
    * means a loop that does not go through self. */
   wd_task *fast = lock->owner_, *slow = fast;
@@ -244,34 +261,42 @@ static bool waiter_cancel(wd_wait *w) {
   lock_waiter *lw = wd__container_of(w, lock_waiter, w);
   wd_lock *lock = lw->lock;
   wd__list_unlink(&lw->link);
-  lw->queued = false;
   lock->nwaiting_--;
   if (lw->timed) lock->ntimed_--;
   return true;
 }
 
+/* A timed waiter queues: its message may need to say since when the
+ * owner has held the lock. */
+SYNC_NOINLINE static void queue_timed(wd_task *self, wd_lock *lock) {
+  lock->ntimed_++;
+  if (lock->since_kind_ == SINCE_UNKNOWN) {
+    lock->since_ = wd_now(self);
+    lock->since_kind_ = SINCE_AT_LEAST;
+  }
+}
+
 /* Queue self on lock, which another task holds, and wait to be handed it.
  * Returns 0 with the lock held, or the cancellation code with self back
- * out of the queue. */
-static int wait_turn(wd_task *self, wd_lock *lock, bool timed) {
-  lock_waiter lw = {.w = {.what = lock_what,
-                          .name = wd__sync_wait_name(lock->name_),
-                          .on_cancel = waiter_cancel},
-                    .lock = lock,
-                    .queued = true,
-                    .timed = timed};
+ * out of the queue.  The record gets only the fields wd_park() reads
+ * (task.h: what, name, on_cancel) and ours. */
+static inline int wait_turn(wd_task *self, wd_lock *lock, bool timed) {
+  lock_waiter lw;
+  lw.w.what = lock_what;
+  lw.w.name = wd__sync_wait_name(lock->name_);
+  lw.w.on_cancel = waiter_cancel;
+  lw.lock = lock;
+  lw.timed = timed;
   wd__list_push_back(&lock->waiters_, &lw.link);
   lock->nwaiting_++;
-  if (timed) {
-    lock->ntimed_++;
-    if (lock->since_kind_ == SINCE_UNKNOWN) {
-      lock->since_ = wd_now(self);
-      lock->since_kind_ = SINCE_AT_LEAST;
-    }
-  }
+  if (timed) queue_timed(self, lock);
   int rc = wd_park(self, &lw.w);
-  if (lw.queued) waiter_cancel(&lw.w); /* wd_park refused to park */
-  if (rc) return rc;
+  if (SYNC_UNLIKELY(rc)) {
+    /* A hand-off unlinks before it wakes, and so does a cancellation;
+     * only a wd_park() that refused to park leaves the record queued. */
+    if (lw.link.next_) waiter_cancel(&lw.w);
+    return rc;
+  }
   wd_task_hold(self, &lock->hold_); /* hand_off made self the owner */
   return 0;
 }
@@ -280,26 +305,33 @@ static int wait_timed(wd_task *self, void *lock) {
   return wait_turn(self, lock, true);
 }
 
-/* The lock is held: refuse to wait when that would never end. */
-static int refuse(wd_task *self, wd_lock *lock) {
-  if (lock->owner_ == self) {
-    char label[WD__LABEL_MAX];
-    return wd_fail(self, WD_EDEADLK,
-                   "%s: already held by this task (task %llu '%s'); locks "
-                   "are not recursive",
-                   label_of(label, lock), (unsigned long long)wd_task_id(self),
-                   wd_task_name(self));
-  }
-  return lock->no_deadlock_check_ ? 0 : check_cycle(self, lock);
+SYNC_COLD static int recursive(wd_task *self, wd_lock *lock) {
+  char label[WD__LABEL_MAX];
+  return wd_fail(self, WD_EDEADLK,
+                 "%s: already held by this task (task %llu '%s'); locks "
+                 "are not recursive",
+                 label_of(label, lock), (unsigned long long)wd_task_id(self),
+                 wd_task_name(self));
 }
 
-__attribute__((noinline)) static int acquire_slow(wd_task *self,
-                                                  wd_lock *lock) {
+/* The lock is held: refuse to wait when that would never end.  A cycle
+ * needs the owner to be waiting on a lock itself: that one test is
+ * inline, the walk (with its message buffer) is not. */
+static inline int refuse(wd_task *self, wd_lock *lock) {
+  wd_task *owner = lock->owner_;
+  if (SYNC_UNLIKELY(owner == self)) return recursive(self, lock);
+  if (SYNC_LIKELY(!lock_awaited(owner)) || lock->no_deadlock_check_) return 0;
+  return check_cycle(self, lock);
+}
+
+/* wd_lock_acquire() when the lock is held: out of line, so that taking a
+ * free lock does not pay for this frame. */
+SYNC_NOINLINE static int acquire_wait(wd_task *self, wd_lock *lock) {
   int rc = refuse(self, lock);
   if (rc) return rc;
   lock->ninside_++;
-  rc = wait_turn(self, lock, false);
-  if (rc) rc = wd__sync_cancelled(self, rc, "lock", lock->name_, "acquire");
+  rc = wait_turn(self, lock, false); /* wd_park() checks for cancellation */
+  if (SYNC_UNLIKELY(rc)) rc = acquire_cancelled(self, lock, rc);
   lock->ninside_--; /* the last time this call reads the lock */
   return rc;
 }
@@ -307,17 +339,14 @@ __attribute__((noinline)) static int acquire_slow(wd_task *self,
 int wd_lock_acquire(wd_task *self, wd_lock *lock) {
   if (SYNC_UNLIKELY(!self || !LOCK_OK(lock)))
     return bad_args(self, lock, "wd_lock_acquire");
-  if (SYNC_LIKELY(!lock->owner_)) {
-    int rc = wd_cancel_status(self);
-    if (SYNC_UNLIKELY(rc))
-      return wd__sync_cancelled(self, rc, "lock", lock->name_, "acquire");
-    take(self, lock);
-    return 0;
-  }
-  return acquire_slow(self, lock); /* wd_park() checks for cancellation */
+  if (SYNC_UNLIKELY(lock->owner_)) return acquire_wait(self, lock);
+  int rc = wd_cancel_status(self);
+  if (SYNC_UNLIKELY(rc)) return acquire_cancelled(self, lock, rc);
+  take(self, lock);
+  return 0;
 }
 
-static int timed_out(wd_task *self, wd_lock *lock, wd_time timeout) {
+SYNC_COLD static int timed_out(wd_task *self, wd_lock *lock, wd_time timeout) {
   char label[WD__LABEL_MAX];
   msgbuf m = {.len = 0};
   put(&m, "%s not acquired within %.3f s", label_of(label, lock),
@@ -341,7 +370,7 @@ int wd_lock_acquire_for(wd_task *self, wd_lock *lock, wd_time timeout) {
   if (timeout < 0)
     return wd__sync_negative(self, "wd_lock_acquire_for", timeout);
   int rc = wd_cancel_status(self);
-  if (rc) return wd__sync_cancelled(self, rc, "lock", lock->name_, "acquire");
+  if (rc) return acquire_cancelled(self, lock, rc);
   if (!lock->owner_) {
     take(self, lock);
     return 0;
@@ -354,7 +383,7 @@ int wd_lock_acquire_for(wd_task *self, wd_lock *lock, wd_time timeout) {
   if (fired)
     rc = timed_out(self, lock, timeout);
   else if (wd_is_cancel(rc))
-    rc = wd__sync_cancelled(self, rc, "lock", lock->name_, "acquire");
+    rc = acquire_cancelled(self, lock, rc);
   lock->ninside_--; /* the last time this call reads the lock */
   return rc;
 }
@@ -366,11 +395,11 @@ int wd_lock_acquire_try(wd_task *self, wd_lock *lock) {
     take(self, lock);
     return 0;
   }
-  if (lock->owner_ == self) return refuse(self, lock);
+  if (lock->owner_ == self) return recursive(self, lock);
   return WD_EAGAIN; /* the expected outcome: no message to format */
 }
 
-__attribute__((cold)) static int not_owner(wd_task *self, wd_lock *lock) {
+SYNC_COLD static int not_owner(wd_task *self, wd_lock *lock) {
   char label[WD__LABEL_MAX];
   if (!lock->owner_)
     return wd_fail(self, WD_EPERM,
@@ -390,11 +419,12 @@ int wd_lock_release(wd_task *self, wd_lock *lock) {
     return bad_args(self, lock, "wd_lock_release");
   if (SYNC_UNLIKELY(lock->owner_ != self)) return not_owner(self, lock);
   wd_task_unhold(self, &lock->hold_);
-  if (SYNC_LIKELY(!lock->nwaiting_)) {
+  wd_link *l = wd__list_pop_front(&lock->waiters_);
+  if (SYNC_LIKELY(!l)) {
     lock->owner_ = NULL;
     return 0;
   }
-  hand_off(lock);
+  hand_to(lock, wd__container_of(l, lock_waiter, link));
   return 0;
 }
 

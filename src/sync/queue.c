@@ -25,13 +25,12 @@
 static const char send_what[] = "send to queue";
 static const char recv_what[] = "receive from queue";
 
+/* A waiting sender (w.what == send_what) or receiver. */
 typedef struct queue_waiter {
   wd_wait w;
-  wd_link link;
+  wd_link link; /* in senders_ or receivers_ while queued; NULLs once out */
   wd_queue *q;
-  const void *src; /* a sender's item */
-  void *dst;       /* a receiver's output */
-  bool queued;
+  void *item; /* a sender's item (read only), a receiver's output */
 } queue_waiter;
 
 #define QUEUE_OK(q) ((q) && (q)->magic_ == WD__QUEUE_MAGIC)
@@ -40,10 +39,18 @@ static const char *label_of(char *buf, const wd_queue *q) {
   return wd__sync_label(buf, "queue", q->name_);
 }
 
-__attribute__((cold)) static int bad_args(wd_task *self, const wd_queue *q,
-                                          const void *item, const char *fn) {
+/* The error paths are out of line and never inlined (SYNC_COLD), so that
+ * the hot functions keep small frames. */
+SYNC_COLD static int bad_args(wd_task *self, const wd_queue *q,
+                              const void *item, const char *fn) {
   if (!QUEUE_OK(q)) return wd__sync_bad(self, q, "queue", fn);
   return wd_fail(self, WD_EINVAL, "%s: NULL item", fn);
+}
+
+SYNC_COLD static int bad_call(wd_task *self, const wd_queue *q,
+                              const void *item, const char *fn) {
+  if (!self) return wd_fail(NULL, WD_EINVAL, "%s: NULL task", fn);
+  return bad_args(self, q, item, fn);
 }
 
 int wd_queue_init(wd_queue *q, const char *name, size_t capacity,
@@ -103,7 +110,7 @@ void wd_queue_stats_get(const wd_queue *q, wd_queue_stats *out) {
   out->senders = q->nsenders_;
   out->receivers = q->nreceivers_;
   out->sent = q->sent_;
-  out->received = q->received_;
+  out->received = q->sent_ - q->len_;
   out->closed = q->closed_;
 }
 
@@ -128,26 +135,32 @@ static inline void copy_item(void *dst, const void *src, size_t n) {
   }
 }
 
+/* Every item pushed is one sent (from a sender's call or a waiting
+ * sender's record); `received` is derived from `sent`, see stats.  Both
+ * update the ring first and copy last, so that nothing of q is read after
+ * the copy: when it is a call to memcpy, q need not be kept in a register
+ * saved across it. */
 static inline void ring_push(wd_queue *q, const void *item) {
-  size_t i = q->head_ + q->len_;
+  size_t i = q->head_ + q->len_, n = q->item_size_;
   if (i >= q->capacity_) i -= q->capacity_;
-  copy_item(q->buf_ + i * q->item_size_, item, q->item_size_);
   q->len_++;
+  q->sent_++;
+  copy_item(q->buf_ + i * n, item, n);
 }
 
 static inline void ring_pop(wd_queue *q, void *out) {
-  copy_item(out, q->buf_ + q->head_ * q->item_size_, q->item_size_);
+  size_t n = q->item_size_;
+  const unsigned char *slot = q->buf_ + q->head_ * n;
   if (++q->head_ == q->capacity_) q->head_ = 0;
   q->len_--;
+  copy_item(out, slot, n);
 }
 
 static inline queue_waiter *first(wd_link *list, size_t *count) {
   wd_link *l = wd__list_pop_front(list);
   if (!l) return NULL;
-  queue_waiter *qw = wd__container_of(l, queue_waiter, link);
-  qw->queued = false;
   (*count)--;
-  return qw;
+  return wd__container_of(l, queue_waiter, link);
 }
 
 /* Send without waiting: to a waiting receiver, else into the ring.
@@ -155,15 +168,13 @@ static inline queue_waiter *first(wd_link *list, size_t *count) {
 static inline int put_now(wd_queue *q, const void *item) {
   if (SYNC_UNLIKELY(q->nreceivers_)) { /* then the ring is empty */
     queue_waiter *r = first(&q->receivers_, &q->nreceivers_);
-    copy_item(r->dst, item, q->item_size_);
+    copy_item(r->item, item, q->item_size_);
     q->sent_++;
-    q->received_++;
     wd_wake(&r->w, 0);
     return 0;
   }
   if (SYNC_UNLIKELY(q->len_ == q->capacity_)) return WD_EAGAIN;
   ring_push(q, item);
-  q->sent_++;
   return 0;
 }
 
@@ -172,11 +183,9 @@ static inline int put_now(wd_queue *q, const void *item) {
 static inline int take_now(wd_queue *q, void *out) {
   if (SYNC_UNLIKELY(!q->len_)) return q->closed_ ? WD_ECLOSED : WD_EAGAIN;
   ring_pop(q, out);
-  q->received_++;
   if (SYNC_UNLIKELY(q->nsenders_)) {
     queue_waiter *s = first(&q->senders_, &q->nsenders_);
-    ring_push(q, s->src);
-    q->sent_++;
+    ring_push(q, s->item);
     wd_wake(&s->w, 0);
   }
   return 0;
@@ -187,93 +196,102 @@ static inline int take_now(wd_queue *q, void *out) {
 static bool waiter_cancel(wd_wait *w) {
   queue_waiter *qw = wd__container_of(w, queue_waiter, w);
   wd__list_unlink(&qw->link);
-  qw->queued = false;
-  if (qw->src)
+  if (w->what == send_what)
     qw->q->nsenders_--;
   else
     qw->q->nreceivers_--;
   return true;
 }
 
-/* Park self as a sender (src set) or a receiver (dst set) until the
- * transfer was made (0), the queue closed (WD_ECLOSED) or self was
- * cancelled. */
-static int wait_transfer(wd_task *self, wd_queue *q, const void *src,
-                         void *dst) {
-  queue_waiter qw = {.w = {.what = src ? send_what : recv_what,
-                           .name = wd__sync_wait_name(q->name_),
-                           .on_cancel = waiter_cancel},
-                     .q = q,
-                     .src = src,
-                     .dst = dst,
-                     .queued = true};
-  if (src) {
-    wd__list_push_back(&q->senders_, &qw.link);
-    q->nsenders_++;
-  } else {
-    wd__list_push_back(&q->receivers_, &qw.link);
-    q->nreceivers_++;
-  }
+/* Park self as a sender of *item or a receiver into *item, queued on
+ * list, until the transfer was made (0), the queue closed (WD_ECLOSED) or
+ * self was cancelled; then self is out of the queue.  The record gets only
+ * the fields wd_park() reads (task.h: what, name, on_cancel) and ours. */
+static inline int wait_transfer(wd_task *self, wd_queue *q, const char *what,
+                                wd_link *list, size_t *count, void *item) {
+  queue_waiter qw;
+  qw.w.what = what;
+  qw.w.name = wd__sync_wait_name(q->name_);
+  qw.w.on_cancel = waiter_cancel;
+  qw.q = q;
+  qw.item = item;
+  wd__list_push_back(list, &qw.link);
+  (*count)++;
   int rc = wd_park(self, &qw.w);
-  if (qw.queued) waiter_cancel(&qw.w); /* wd_park refused to park */
+  /* A transfer or a close unlinks before it wakes, and so does a
+   * cancellation; only a wd_park() that refused to park leaves the record
+   * queued. */
+  if (SYNC_UNLIKELY(rc) && qw.link.next_) waiter_cancel(&qw.w);
   return rc;
 }
 
-static int closed_error(wd_task *self, wd_queue *q, const char *what) {
+SYNC_COLD static int closed_error(wd_task *self, wd_queue *q,
+                                  const char *what) {
   char label[WD__LABEL_MAX];
   return wd_fail(self, WD_ECLOSED, "%s is closed: %s", label_of(label, q),
                  what);
 }
 
-int wd_queue_send(wd_task *self, wd_queue *q, const void *item) {
-  if (SYNC_UNLIKELY(!self || !QUEUE_OK(q) || !item))
-    return self ? bad_args(self, q, item, "wd_queue_send")
-                : wd_fail(NULL, WD_EINVAL, "wd_queue_send: NULL task");
-  /* A checkpoint on every call; when it has to wait, wd_park() checks. */
+SYNC_COLD static int op_cancelled(wd_task *self, const wd_queue *q, int rc,
+                                  const char *op) {
+  return wd__sync_cancelled(self, rc, "queue", q->name_, op);
+}
+
+/* A send that cannot complete now: the queue is closed or full. */
+SYNC_NOINLINE static int send_wait(wd_task *self, wd_queue *q,
+                                   const void *item) {
   int rc;
-  if (SYNC_LIKELY(!q->closed_ && (q->len_ < q->capacity_ || q->nreceivers_))) {
-    rc = wd_cancel_status(self);
-    if (SYNC_UNLIKELY(rc))
-      return wd__sync_cancelled(self, rc, "queue", q->name_, "send");
-    put_now(q, item);
-    return 0;
-  }
   if (q->closed_) {
     rc = wd_cancel_status(self);
-    if (rc) return wd__sync_cancelled(self, rc, "queue", q->name_, "send");
+    if (rc) return op_cancelled(self, q, rc, "send");
     return closed_error(self, q, "nothing sent");
   }
   q->ninside_++;
-  rc = wait_transfer(self, q, item, NULL);
-  if (rc == WD_ECLOSED)
-    rc = closed_error(self, q, "closed while waiting, nothing sent");
-  else if (rc)
-    rc = wd__sync_cancelled(self, rc, "queue", q->name_, "send");
+  /* wd_park() checks for cancellation. */
+  rc = wait_transfer(self, q, send_what, &q->senders_, &q->nsenders_,
+                     (void *)item);
+  if (SYNC_UNLIKELY(rc))
+    rc = rc == WD_ECLOSED
+             ? closed_error(self, q, "closed while waiting, nothing sent")
+             : op_cancelled(self, q, rc, "send");
+  q->ninside_--; /* the last time this call reads q */
+  return rc;
+}
+
+int wd_queue_send(wd_task *self, wd_queue *q, const void *item) {
+  if (SYNC_UNLIKELY(!self || !QUEUE_OK(q) || !item))
+    return bad_call(self, q, item, "wd_queue_send");
+  /* A checkpoint on every call; when it has to wait, wd_park() checks. */
+  if (SYNC_UNLIKELY(q->closed_ || (q->len_ == q->capacity_ && !q->nreceivers_)))
+    return send_wait(self, q, item);
+  int rc = wd_cancel_status(self);
+  if (SYNC_UNLIKELY(rc)) return op_cancelled(self, q, rc, "send");
+  put_now(q, item);
+  return 0;
+}
+
+/* A receive that cannot complete now: the queue is empty (and open). */
+SYNC_NOINLINE static int recv_wait(wd_task *self, wd_queue *q, void *out) {
+  q->ninside_++;
+  /* wd_park() checks for cancellation. */
+  int rc =
+      wait_transfer(self, q, recv_what, &q->receivers_, &q->nreceivers_, out);
+  if (SYNC_UNLIKELY(rc))
+    rc = rc == WD_ECLOSED ? closed_error(self, q, "no more items")
+                          : op_cancelled(self, q, rc, "receive");
   q->ninside_--; /* the last time this call reads q */
   return rc;
 }
 
 int wd_queue_recv(wd_task *self, wd_queue *q, void *out) {
   if (SYNC_UNLIKELY(!self || !QUEUE_OK(q) || !out))
-    return self ? bad_args(self, q, out, "wd_queue_recv")
-                : wd_fail(NULL, WD_EINVAL, "wd_queue_recv: NULL task");
+    return bad_call(self, q, out, "wd_queue_recv");
   /* A checkpoint on every call; when it has to wait, wd_park() checks. */
-  int rc;
-  if (SYNC_LIKELY(q->len_) || q->closed_) {
-    rc = wd_cancel_status(self);
-    if (SYNC_UNLIKELY(rc))
-      return wd__sync_cancelled(self, rc, "queue", q->name_, "receive");
-    rc = take_now(q, out); /* 0, or WD_ECLOSED when closed and drained */
-    return rc ? closed_error(self, q, "no more items") : 0;
-  }
-  q->ninside_++;
-  rc = wait_transfer(self, q, NULL, out);
-  if (rc == WD_ECLOSED)
-    rc = closed_error(self, q, "no more items");
-  else if (rc)
-    rc = wd__sync_cancelled(self, rc, "queue", q->name_, "receive");
-  q->ninside_--; /* the last time this call reads q */
-  return rc;
+  if (SYNC_UNLIKELY(!q->len_ && !q->closed_)) return recv_wait(self, q, out);
+  int rc = wd_cancel_status(self);
+  if (SYNC_UNLIKELY(rc)) return op_cancelled(self, q, rc, "receive");
+  rc = take_now(q, out); /* 0, or WD_ECLOSED when closed and drained */
+  return SYNC_LIKELY(!rc) ? 0 : closed_error(self, q, "no more items");
 }
 
 int wd_queue_send_try(wd_queue *q, const void *item) {

@@ -16,16 +16,28 @@ static const char sem_what[] = "semaphore";
 
 typedef struct sem_waiter {
   wd_wait w;
-  wd_link link;
+  wd_link link; /* in sem->waiters_ while queued; NULLs once unlinked */
   wd_sem *sem;
-  bool queued;
 } sem_waiter;
 
 #define SEM_OK(s) ((s) && (s)->magic_ == WD__SEM_MAGIC)
 
-__attribute__((cold)) static int bad_args(wd_task *self, const wd_sem *sem,
-                                          const char *fn) {
+/* The error paths are out of line and never inlined, so that the hot
+ * functions keep small frames: what a cold path needs (registers to save,
+ * a buffer for a label) would otherwise be paid for by every call. */
+SYNC_COLD static int bad_args(wd_task *self, const wd_sem *sem,
+                              const char *fn) {
   return wd__sync_bad(self, sem, "semaphore", fn);
+}
+
+SYNC_COLD static int bad_acquire(wd_task *self, const wd_sem *sem) {
+  if (!self) return wd_fail(NULL, WD_EINVAL, "wd_sem_acquire: NULL task");
+  return bad_args(self, sem, "wd_sem_acquire");
+}
+
+SYNC_COLD static int acquire_cancelled(wd_task *self, const wd_sem *sem,
+                                       int rc) {
+  return wd__sync_cancelled(self, rc, "semaphore", sem->name_, "acquire");
 }
 
 int wd_sem_init(wd_sem *sem, const char *name, size_t value) {
@@ -59,44 +71,50 @@ size_t wd_sem_waiting(const wd_sem *sem) { return sem ? sem->nwaiting_ : 0; }
 static bool waiter_cancel(wd_wait *w) {
   sem_waiter *sw = wd__container_of(w, sem_waiter, w);
   wd__list_unlink(&sw->link);
-  sw->queued = false;
   sw->sem->nwaiting_--;
   return true;
 }
 
-/* Wait for a permit to be handed over.  Returns 0 with it, or the
- * cancellation code with self back out of the queue. */
-static int wait_permit(wd_task *self, void *obj) {
-  wd_sem *sem = obj;
-  sem_waiter sw = {.w = {.what = sem_what,
-                         .name = wd__sync_wait_name(sem->name_),
-                         .on_cancel = waiter_cancel},
-                   .sem = sem,
-                   .queued = true};
+/* Queue self on sem and wait for a permit to be handed over.  Returns 0
+ * with it, or the cancellation code with self back out of the queue.  The
+ * record gets only the fields wd_park() reads (task.h: what, name,
+ * on_cancel) and ours; the others are the core's to write. */
+static inline int wait_permit(wd_task *self, wd_sem *sem) {
+  sem_waiter sw;
+  sw.w.what = sem_what;
+  sw.w.name = wd__sync_wait_name(sem->name_);
+  sw.w.on_cancel = waiter_cancel;
+  sw.sem = sem;
   wd__list_push_back(&sem->waiters_, &sw.link);
   sem->nwaiting_++;
   int rc = wd_park(self, &sw.w);
-  if (sw.queued) waiter_cancel(&sw.w); /* wd_park refused to park */
+  /* A release unlinks before it wakes, and so does a cancellation; only a
+   * wd_park() that refused to park leaves the record queued. */
+  if (SYNC_UNLIKELY(rc) && sw.link.next_) waiter_cancel(&sw.w);
+  return rc;
+}
+
+static int wait_permit_fn(wd_task *self, void *obj) {
+  return wait_permit(self, obj);
+}
+
+/* wd_sem_acquire() when no permit is free: out of line, so that the call
+ * that finds a permit does not pay for this frame. */
+SYNC_NOINLINE static int acquire_wait(wd_task *self, wd_sem *sem) {
+  sem->ninside_++;
+  int rc = wait_permit(self, sem); /* wd_park() checks for cancellation */
+  if (SYNC_UNLIKELY(rc)) rc = acquire_cancelled(self, sem, rc);
+  sem->ninside_--; /* the last time this call reads the semaphore */
   return rc;
 }
 
 int wd_sem_acquire(wd_task *self, wd_sem *sem) {
-  if (SYNC_UNLIKELY(!self || !SEM_OK(sem)))
-    return self ? bad_args(self, sem, "wd_sem_acquire")
-                : wd_fail(NULL, WD_EINVAL, "wd_sem_acquire: NULL task");
-  int rc;
-  if (SYNC_LIKELY(sem->value_)) {
-    rc = wd_cancel_status(self);
-    if (SYNC_UNLIKELY(rc))
-      return wd__sync_cancelled(self, rc, "semaphore", sem->name_, "acquire");
-    sem->value_--;
-    return 0;
-  }
-  sem->ninside_++;
-  rc = wait_permit(self, sem); /* wd_park() checks for cancellation */
-  if (rc) rc = wd__sync_cancelled(self, rc, "semaphore", sem->name_, "acquire");
-  sem->ninside_--; /* the last time this call reads the semaphore */
-  return rc;
+  if (SYNC_UNLIKELY(!self || !SEM_OK(sem))) return bad_acquire(self, sem);
+  if (SYNC_UNLIKELY(!sem->value_)) return acquire_wait(self, sem);
+  int rc = wd_cancel_status(self);
+  if (SYNC_UNLIKELY(rc)) return acquire_cancelled(self, sem, rc);
+  sem->value_--;
+  return 0;
 }
 
 int wd_sem_acquire_for(wd_task *self, wd_sem *sem, wd_time timeout) {
@@ -106,15 +124,15 @@ int wd_sem_acquire_for(wd_task *self, wd_sem *sem, wd_time timeout) {
   if (timeout < 0)
     return wd__sync_negative(self, "wd_sem_acquire_for", timeout);
   int rc = wd_cancel_status(self);
-  if (rc)
-    return wd__sync_cancelled(self, rc, "semaphore", sem->name_, "acquire");
+  if (rc) return acquire_cancelled(self, sem, rc);
   if (sem->value_) {
     sem->value_--;
     return 0;
   }
   bool fired = true; /* a timeout of 0 has expired already */
   sem->ninside_++;
-  if (timeout > 0) rc = wd__sync_timed(self, timeout, wait_permit, sem, &fired);
+  if (timeout > 0)
+    rc = wd__sync_timed(self, timeout, wait_permit_fn, sem, &fired);
   if (fired) {
     char label[WD__LABEL_MAX];
     rc = wd_fail(self, WD_ETIMEDOUT,
@@ -122,7 +140,7 @@ int wd_sem_acquire_for(wd_task *self, wd_sem *sem, wd_time timeout) {
                  wd__sync_label(label, "semaphore", sem->name_),
                  wd__secs(timeout), sem->nwaiting_);
   } else if (wd_is_cancel(rc)) {
-    rc = wd__sync_cancelled(self, rc, "semaphore", sem->name_, "acquire");
+    rc = acquire_cancelled(self, sem, rc);
   }
   sem->ninside_--; /* the last time this call reads the semaphore */
   return rc;
@@ -135,21 +153,21 @@ int wd_sem_acquire_try(wd_sem *sem) {
   return 0;
 }
 
+SYNC_COLD static int overflow(const wd_sem *sem) {
+  char label[WD__LABEL_MAX];
+  return wd_fail(NULL, WD_EINVAL, "wd_sem_release: %s would overflow",
+                 wd__sync_label(label, "semaphore", sem->name_));
+}
+
 int wd_sem_release(wd_sem *sem) {
   if (SYNC_UNLIKELY(!SEM_OK(sem))) return bad_args(NULL, sem, "wd_sem_release");
   wd_link *l = wd__list_pop_front(&sem->waiters_);
   if (SYNC_LIKELY(!l)) {
-    if (SYNC_UNLIKELY(sem->value_ == SIZE_MAX)) {
-      char label[WD__LABEL_MAX];
-      return wd_fail(NULL, WD_EINVAL, "wd_sem_release: %s would overflow",
-                     wd__sync_label(label, "semaphore", sem->name_));
-    }
+    if (SYNC_UNLIKELY(sem->value_ == SIZE_MAX)) return overflow(sem);
     sem->value_++;
     return 0;
   }
-  sem_waiter *sw = wd__container_of(l, sem_waiter, link);
-  sw->queued = false;
   sem->nwaiting_--;
-  wd_wake(&sw->w, 0);
+  wd_wake(&wd__container_of(l, sem_waiter, link)->w, 0);
   return 0;
 }

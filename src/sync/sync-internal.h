@@ -15,6 +15,15 @@
 #define SYNC_LIKELY(x) __builtin_expect(!!(x), 1)
 #define SYNC_UNLIKELY(x) __builtin_expect(!!(x), 0)
 
+/* An error or rarely taken path, kept out of the hot function's body: a
+ * path merely marked unlikely still shares the caller's frame, and its
+ * needs (saved registers, a label buffer) are paid on every call. */
+#define SYNC_COLD __attribute__((cold, noinline))
+/* A slow path the hot function reaches by a (tail) call. */
+#define SYNC_NOINLINE __attribute__((noinline))
+/* SYNC_COLD for a helper of this header, which a file may not use. */
+#define SYNC_COLD_SHARED __attribute__((cold, noinline, unused))
+
 /* One magic number per type, so that an object of one kind passed where
  * another is expected is caught too. */
 #define WD__LOCK_MAGIC 0x6c6f636bu  /* "lock" */
@@ -52,16 +61,18 @@ static inline const char *wd__sync_label(char *buf, const char *kind,
 
 /* A checkpoint that fired: record a message naming the object and what
  * did not happen ("lock 'accounts': acquire cancelled"), return rc. */
-static inline int wd__sync_cancelled(wd_task *self, int rc, const char *kind,
-                                     const char *name, const char *op) {
+SYNC_COLD_SHARED static int wd__sync_cancelled(wd_task *self, int rc,
+                                               const char *kind,
+                                               const char *name,
+                                               const char *op) {
   char label[WD__LABEL_MAX];
   return wd_fail(self, rc, "%s: %s %s", wd__sync_label(label, kind, name), op,
                  rc == WD_ETIMEDOUT ? "stopped by a deadline" : "cancelled");
 }
 
 /* An object that is NULL or not initialised. */
-static inline int wd__sync_bad(wd_task *self, const void *obj, const char *kind,
-                               const char *fn) {
+SYNC_COLD_SHARED static int wd__sync_bad(wd_task *self, const void *obj,
+                                         const char *kind, const char *fn) {
   if (!obj) return wd_fail(self, WD_EINVAL, "%s: NULL %s", fn, kind);
   return wd_fail(self, WD_EINVAL,
                  "%s: %s not initialised (or already deinitialised)", fn, kind);
@@ -81,8 +92,8 @@ static inline const char *wd__sync_returning(char *buf, size_t size,
   return buf;
 }
 
-static inline int wd__sync_negative(wd_task *self, const char *fn,
-                                    wd_time timeout) {
+SYNC_COLD_SHARED static int wd__sync_negative(wd_task *self, const char *fn,
+                                              wd_time timeout) {
   return wd_fail(self, WD_EINVAL, "%s: negative timeout %lld ns", fn,
                  (long long)timeout);
 }
