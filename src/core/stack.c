@@ -239,15 +239,13 @@ static wd__arena *arena_new(wd_runtime *rt, wd__stack_pool *p) {
   return a;
 }
 
-/* Make room in the queue for one more stack, keeping its order. */
+/* Make room in the queue for one more stack.  Only called to carve, that
+ * is with the queue empty: nothing in it to keep. */
 static int queue_grow(wd__stack_pool *p) {
   if (p->carved < p->cap) return 0;
   size_t cap = p->cap ? p->cap * 2 : 64;
-  free_ent *q = wd__malloc(cap * sizeof *q);
+  free_ent *q = wd__realloc(p->q, cap * sizeof *q);
   if (!q) return WD_ENOMEM;
-  for (size_t i = 0; i < p->nhot; i++)
-    q[i] = p->q[(p->first + i) & (p->cap - 1)];
-  wd__free(p->q);
   p->q = q;
   p->cap = cap;
   p->first = 0;
