@@ -274,6 +274,12 @@ struct wd_runtime {
  * a call to __tls_get_addr. */
 extern _Thread_local wd_runtime *wd__rt
     __attribute__((tls_model("initial-exec")));
+/* The runtime of the task running on this thread, for the hot paths:
+ * t->rt would do, but t comes out of a register just restored from the
+ * task's stack, and a load through it would chain every switch behind the
+ * last one (a yield pair measured 10% faster this way).  Only for code
+ * that runs on the runtime's own thread, where the two are the same. */
+#define WD__RT_OF(t) (wd__rt)
 
 /* The root scope of a task starts here. */
 void wd__scope_init_root(wd_task *t, wd_cancel_scope *parent);
@@ -285,14 +291,15 @@ int wd__cancel_status_slow(wd_task *t);
  * scope from s up to the first shield, or 0. */
 int wd__scope_status(const wd_cancel_scope *s);
 static inline int wd__cancel_status(wd_task *t) {
-  if (WD_LIKELY(t->cancel_epoch == t->rt->cancel_epoch)) return t->cancel_rc;
+  if (WD_LIKELY(t->cancel_epoch == WD__RT_OF(t)->cancel_epoch))
+    return t->cancel_rc;
   return wd__cancel_status_slow(t);
 }
 /* Cancel s with a reason and a code. */
 void wd__cancel_with(wd_cancel_scope *s, int rc, const char *why);
 
 static inline void wd__ready(wd_task *t) {
-  wd_runtime *rt = t->rt;
+  wd_runtime *rt = WD__RT_OF(t);
   t->state = WD__READY;
   t->runq_next = NULL;
   *rt->runq_tail = t;

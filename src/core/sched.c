@@ -80,7 +80,7 @@ void wd__task_started(wd_task *t) {
 }
 
 static inline void switch_away(wd_task *self) {
-  wd_runtime *rt = self->rt;
+  wd_runtime *rt = WD__RT_OF(self);
   wd_task *next = &rt->sched;
   if (WD_LIKELY(rt->budget)) {
     wd_task *t = wd__runq_pop(rt);
@@ -118,7 +118,7 @@ int wd__park_now(wd_task *self, wd_wait *w) {
   w->task = self;
   self->wait = w;
   self->state = WD__BLOCKED;
-  w->since_ms_ = wd__loop_ms(self->rt);
+  w->since_ms_ = wd__loop_ms(WD__RT_OF(self));
   switch_away(self);
   self->wait = NULL;
   return w->result_;
