@@ -631,9 +631,9 @@ Test(runtime, sleeping_forever_alone_is_a_deadlock_not_a_clock_jump) {
   assert_no_leaks();
 }
 
-/* Free stacks beyond the 1024 most recently used give their pages back
- * once unused for 2 s of runtime time (here, virtual), and come back into
- * use cleanly afterwards. */
+/* Free stacks beyond the 1024 that spawns take first give their pages
+ * back once unused for 2 s of runtime time (here, virtual), and come back
+ * into use cleanly afterwards. */
 static int brief_task(wd_task *self, void *arg) {
   char buf[16384]; /* touch pages below the top one */
   memset(buf, 1, sizeof buf);
@@ -667,6 +667,73 @@ static int trim_main(wd_task *self, void *arg) {
 
 Test(runtime, idle_free_stacks_give_their_pages_back_and_stay_usable) {
   cr_assert_eq(run_virtual(trim_main, NULL), 0);
+  assert_no_leaks();
+}
+
+/* Tasks that end in any order leave their stacks to be reused in the
+ * order the stacks were first made, not the order they were freed: a burst
+ * of spawns then walks its stacks' pages in address order, which is what
+ * keeps a hundred thousand tasks from missing the TLB at every step.  Only
+ * the 16 most recently freed stacks (WD__STASH in stack.c) are taken first,
+ * newest first, for the common spawn that follows a task's end. */
+#define REUSE_N 300
+#define REUSE_STASH 16
+static wd_task *reuse_seen[2][REUSE_N];
+
+typedef struct reuse_arg {
+  int round, index, sleep_ms;
+} reuse_arg;
+
+static int reuse_task(wd_task *self, void *arg) {
+  reuse_arg *a = arg;
+  reuse_seen[a->round][a->index] = self;
+  return wd_sleep(self, a->sleep_ms * WD_MSEC);
+}
+
+static int reuse_round(wd_task *self, reuse_arg *args) {
+  wd_group g;
+  cr_assert_eq(wd_group_enter(self, &g, NULL), 0);
+  for (int i = 0; i < REUSE_N; i++)
+    cr_assert_eq(wd_spawn(&g, reuse_task, &args[i], NULL), 0);
+  return wd_group_exit(self, &g, 0);
+}
+
+static int reuse_main(wd_task *self, void *arg) {
+  static reuse_arg args[2][REUSE_N];
+  for (int i = 0; i < REUSE_N; i++) {
+    args[0][i] = (reuse_arg){0, i, i};
+    args[1][i] = (reuse_arg){1, i, 0};
+  }
+  /* First round: the tasks end in a shuffled order of their sleeps. */
+  unsigned x = 12345;
+  for (int i = REUSE_N - 1; i > 0; i--) {
+    x = x * 1103515245u + 12345u;
+    int j = (int)((x >> 8) % (unsigned)(i + 1)), t = args[0][i].sleep_ms;
+    args[0][i].sleep_ms = args[0][j].sleep_ms;
+    args[0][j].sleep_ms = t;
+  }
+  cr_assert_eq(reuse_round(self, args[0]), 0);
+  wd_runtime_stats before, after;
+  wd_runtime_stats_get(wd_task_runtime(self), &before);
+  cr_assert_eq(reuse_round(self, args[1]), 0);
+  wd_runtime_stats_get(wd_task_runtime(self), &after);
+  cr_assert_eq(after.stacks_mapped, before.stacks_mapped, "no new stack");
+  int prev = -1;
+  for (int i = 0; i < REUSE_N; i++) {
+    int j = 0;
+    while (j < REUSE_N && reuse_seen[0][j] != reuse_seen[1][i])
+      j++;
+    cr_assert_lt(j, REUSE_N, "spawn %d got a stack of the first round", i);
+    if (i < REUSE_STASH) continue;
+    cr_assert_gt(j, prev, "spawn %d took first-round stack %d after %d", i, j,
+                 prev);
+    prev = j;
+  }
+  return 0;
+}
+
+Test(runtime, spawns_reuse_free_stacks_in_the_order_they_were_made) {
+  cr_assert_eq(run_virtual(reuse_main, NULL), 0);
   assert_no_leaks();
 }
 

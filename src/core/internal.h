@@ -130,7 +130,8 @@ typedef struct wd__timers {
 typedef struct wd__stack {
   char *lo, *hi;    /* usable range; frames grow down from hi */
   uint64_t *canary; /* checked at every switch away */
-  struct wd__stack_pool *pool;
+  uint32_t slot;    /* its number in its size class's pool */
+  uint32_t cls;     /* its size class: rt->pools[cls] */
 } wd__stack;
 
 typedef struct wd__stack_pool wd__stack_pool;

@@ -2,22 +2,28 @@
  *
  * Stacks are carved from large MAP_NORESERVE arenas rather than mapped one
  * by one, so a million stacks cost a few hundred mappings and no commit
- * charge; a page is committed only when a task touches it.  Free stacks go
- * on a LIFO list per size class (the node lives in the stack's own top page,
- * already committed), so a spawn normally makes no system call.  When the
- * runtime is idle, the pages below the top page of free stacks unused for
- * a while, past the WD__HOT_STACKS most recently freed of a class, are
- * returned to the kernel, so a burst of tasks does not pin its memory for
- * ever.
+ * charge; a page is committed only when a task touches it.  Free stacks
+ * are kept per size class and reused, so a spawn normally makes no system
+ * call.  When the runtime is idle, the pages below the top page of free
+ * stacks unused for a while, past the WD__HOT_STACKS that spawns take
+ * first, are returned to the kernel, so a burst of tasks does not pin its
+ * memory for ever.
  *
- * The free stacks of a class sit in an array used as a double-ended queue
- * (newest at one end for reuse, oldest at the other for trimming), not in
- * a list threaded through the stacks: taking one then reads no stack
- * memory, and the records of the next few to be taken are known and are
- * prefetched.  With a hundred thousand tasks each record is a cache and
- * TLB miss; prefetched a few spawns ahead, the misses overlap.  The array
- * grows when a slot is carved, where failure can be reported, so that
- * giving a stack back never allocates.
+ * Each carved stack has a number in its class, in carving order (address
+ * order within an arena).  The free ones are a slot set (slotset.h), and a
+ * spawn takes the lowest: tasks end in any order, but a burst of spawns
+ * then walks its stacks' pages in address order.  With a hundred thousand
+ * tasks every page is a TLB miss, and in a virtual machine a page walk is
+ * itself a string of cache misses unless neighbouring pages' entries are
+ * walked one after the other; reusing stacks in the order they were freed
+ * (LIFO) made the spawns and first runs of 100k sleepers three times
+ * slower.  In front of the set, the WD__STASH most recently freed stacks
+ * are kept LIFO, so that a task's end and the spawn that follows (the
+ * common short-lived task) meet on a stack still in the caches for a few
+ * instructions.  Taking a stack reads no stack memory, and the record of
+ * the stack a few takes ahead is prefetched.  The table and the sets grow
+ * when a slot is carved, where failure can be reported, so that giving a
+ * stack back never allocates.
  *
  * Overflow protection is a budget.  A guard page costs two of the
  * process's vm.max_map_count mappings (it splits the arena), so arenas are
@@ -35,6 +41,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "slotset.h"
 #include "stack.h"
 
 #if defined(__has_include)
@@ -55,28 +62,29 @@
 #define WD__CLASS_MAX 26 /* 64 MiB */
 #define WD__NCLASSES (WD__CLASS_MAX - WD__CLASS_MIN + 1)
 
-/* A free stack in its class's queue. */
-typedef struct free_ent {
+/* A few freed stacks are kept LIFO in front of the set, where a task that
+ * ends and a spawn that follows (the common short-lived task) find each
+ * other in a couple of instructions and on a stack still in the caches. */
+#define WD__STASH 16
+
+/* A carved stack, by its number in the pool. */
+typedef struct slot_ent {
   char *lo, *hi;
   uint64_t *canary;
-  uint64_t freed_ms; /* loop time when freed */
-} free_ent;
-
-/* A stack whose pages below the top one were given back: rarely taken, so
- * listed through its own top page, which stays committed. */
-typedef struct cold_node {
-  struct cold_node *next;
-  wd__stack st;
-} cold_node;
+  uint64_t freed_ms; /* loop time when last freed */
+} slot_ent;
 
 struct wd__stack_pool {
   size_t slot;
-  wd__arena *arenas;       /* newest first */
-  free_ent *q;             /* free stacks: a ring, oldest at q[first] */
-  size_t cap, first, nhot; /* cap: a power of two, >= stacks carved */
+  wd__arena *arenas; /* newest first */
+  slot_ent *ent;     /* by slot number; valid for free stacks only */
+  size_t cap;        /* room in ent and in the sets */
   size_t carved;
-  cold_node *cold;
-  size_t ncold;
+  uint32_t stash[WD__STASH]; /* the last few freed, taken first */
+  size_t nstash;
+  wd__slotset hot;    /* the other free stacks whose pages are committed */
+  wd__slotset cold;   /* free stacks whose pages were given back */
+  size_t nhot, ncold; /* nhot counts the stash too */
   size_t next_nslots;
 };
 
@@ -190,7 +198,9 @@ void wd__stacks_deinit(wd_runtime *rt) {
       arena_free(a);
       a = next;
     }
-    wd__free(rt->pools[c].q);
+    wd__free(rt->pools[c].ent);
+    wd__slotset_free(&rt->pools[c].hot);
+    wd__slotset_free(&rt->pools[c].cold);
   }
   wd__free(rt->pools);
   rt->pools = NULL;
@@ -239,22 +249,24 @@ static wd__arena *arena_new(wd_runtime *rt, wd__stack_pool *p) {
   return a;
 }
 
-/* Make room in the queue for one more stack.  Only called to carve, that
- * is with the queue empty: nothing in it to keep. */
-static int queue_grow(wd__stack_pool *p) {
+/* Make room for one more stack in the table and the sets, where failure
+ * can be reported, so that giving a stack back never allocates. */
+static int room_for_one(wd__stack_pool *p) {
   if (p->carved < p->cap) return 0;
   size_t cap = p->cap ? p->cap * 2 : 64;
-  free_ent *q = wd__realloc(p->q, cap * sizeof *q);
-  if (!q) return WD_ENOMEM;
-  p->q = q;
+  slot_ent *ent = wd__realloc(p->ent, cap * sizeof *ent);
+  if (!ent) return WD_ENOMEM;
+  p->ent = ent; /* larger and kept even if a set cannot grow: harmless */
+  if (wd__slotset_grow(&p->hot, cap) || wd__slotset_grow(&p->cold, cap))
+    return WD_ENOMEM;
   p->cap = cap;
-  p->first = 0;
   return 0;
 }
 
 /* Carve the next never-used slot of the newest arena. */
-static int carve(wd_runtime *rt, wd__stack_pool *p, wd__stack *st) {
-  if (queue_grow(p)) return WD_ENOMEM;
+static int carve(wd_runtime *rt, int c, wd__stack *st) {
+  wd__stack_pool *p = &rt->pools[c];
+  if (room_for_one(p)) return WD_ENOMEM;
   wd__arena *a = p->arenas;
   if (!a || a->carved == a->nslots) {
     a = arena_new(rt, p);
@@ -279,9 +291,10 @@ static int carve(wd_runtime *rt, wd__stack_pool *p, wd__stack *st) {
    * low 12 bits (4K aliasing), which stalled every switch, and the records
    * compete for the same L1 sets.  Costs at most 448 bytes of stack. */
   st->hi -= (i & 7) * 64;
-  st->pool = p;
-  a->carved++;
+  st->slot = (uint32_t)p->carved;
+  st->cls = (uint32_t)c;
   p->carved++;
+  a->carved++;
 #if WD_VALGRIND
   if (a->vg_ids) a->vg_ids[i] = VALGRIND_STACK_REGISTER(st->lo, st->hi);
 #endif
@@ -293,15 +306,27 @@ static int carve(wd_runtime *rt, wd__stack_pool *p, wd__stack *st) {
 static uint64_t coarse_ms(wd_runtime *rt) { return wd__loop_ms(rt); }
 
 /* Load the record lines (and the first frame's) of the stack that a take
- * WD__PREFETCH_AHEAD from now will return: a spawn writes all of them. */
-static inline void prefetch_ahead(const wd__stack_pool *p) {
-  if (p->nhot < WD__PREFETCH_AHEAD) return;
-  const free_ent *e =
-      &p->q[(p->first + p->nhot - WD__PREFETCH_AHEAD) & (p->cap - 1)];
-  char *rec = (char *)wd__task_at(e->hi);
+ * WD__PREFETCH_AHEAD from now will return, if it is near: a spawn writes
+ * all of them. */
+static inline void prefetch_ahead(const wd__stack_pool *p, size_t taken) {
+  size_t n = wd__slotset_near_next(&p->hot, taken, WD__PREFETCH_AHEAD);
+  if (n == SIZE_MAX) return;
+  char *rec = (char *)wd__task_at(p->ent[n].hi);
   for (size_t off = 0; off < sizeof(wd_task); off += 64)
     __builtin_prefetch(rec + off, 1);
   __builtin_prefetch(rec - 64, 1);
+}
+
+static inline void fill(const wd__stack_pool *p, size_t i, int c,
+                        wd__stack *out) {
+  const slot_ent *e = &p->ent[i];
+  *out = (wd__stack){e->lo, e->hi, e->canary, (uint32_t)i, (uint32_t)c};
+}
+
+static inline void take(wd__stack_pool *p, wd__slotset *set, size_t i, int c,
+                        wd__stack *out) {
+  wd__slotset_del(set, i);
+  fill(p, i, c, out);
 }
 
 int wd__stack_get(wd_runtime *rt, size_t size, wd__stack *out) {
@@ -310,58 +335,69 @@ int wd__stack_get(wd_runtime *rt, size_t size, wd__stack *out) {
   if (c < rt->min_class) c = rt->min_class;
   if (wd__alloc_fail_point()) return WD_ENOMEM;
   wd__stack_pool *p = &rt->pools[c];
-  if (WD_LIKELY(p->nhot)) {
-    const free_ent *e = &p->q[(p->first + --p->nhot) & (p->cap - 1)];
-    *out = (wd__stack){e->lo, e->hi, e->canary, p};
-    prefetch_ahead(p);
+  if (WD_LIKELY(p->nstash)) {
+    fill(p, p->stash[--p->nstash], c, out);
+    p->nhot--;
     return 0;
   }
-  cold_node *f = p->cold;
-  if (f) {
-    p->cold = f->next;
+  if (p->nhot) {
+    size_t i = wd__slotset_first(&p->hot);
+    take(p, &p->hot, i, c, out);
+    p->nhot--;
+    prefetch_ahead(p, i);
+    return 0;
+  }
+  if (p->ncold) {
+    take(p, &p->cold, wd__slotset_first(&p->cold), c, out);
     p->ncold--;
-    *out = f->st;
     return 0;
   }
-  return carve(rt, p, out);
+  return carve(rt, c, out);
 }
 
 void wd__stack_put(wd_runtime *rt, const wd__stack *st) {
-  wd__stack_pool *p = st->pool;
+  wd__stack_pool *p = &rt->pools[st->cls];
 #if WD_ASAN
   /* Frames that never returned (the task's last ones) left their redzones
    * poisoned; the next task on this stack must start clean. */
   ASAN_UNPOISON_MEMORY_REGION(st->lo, (size_t)(st->hi - st->lo));
 #endif
-  /* Room is certain: the queue's capacity covers every stack carved. */
-  p->q[(p->first + p->nhot++) & (p->cap - 1)] =
-      (free_ent){st->lo, st->hi, st->canary, coarse_ms(rt)};
+  /* Room is certain: the sets were grown when the stack was carved. */
+  /* Written here, not when carved: the table's pages for stacks that were
+   * never freed stay untouched, as a million parked tasks need. */
+  p->ent[st->slot] = (slot_ent){st->lo, st->hi, st->canary, coarse_ms(rt)};
+  p->nhot++;
+  if (p->nstash < WD__STASH)
+    p->stash[p->nstash++] = st->slot;
+  else
+    wd__slotset_add(&p->hot, st->slot);
 }
 
 /* Give back the pages of free stacks that have not been reused for
- * WD__RETAIN_MS, beyond the WD__HOT_STACKS most recently freed of each
- * class, at most budget of them: one madvise each, done when the runtime is
- * idle rather than when a task ends, and late enough that a workload that
- * comes back in bursts finds its stacks still committed.  Returns true if
- * more are due now. */
+ * WD__RETAIN_MS, highest first and beyond the WD__HOT_STACKS lowest of each
+ * class (the ones spawns take next), at most budget of them: one madvise
+ * each, done when the runtime is idle rather than when a task ends, and
+ * late enough that a workload that comes back in bursts finds its stacks
+ * still committed.  The highest free stack is the one spawns reach last,
+ * so it has normally been free the longest; when it was freed recently the
+ * pass stops there rather than search the set.  Returns true if more are
+ * due now. */
 bool wd__stacks_trim(wd_runtime *rt, size_t budget) {
   uint64_t now = coarse_ms(rt);
   for (int c = 0; c < WD__NCLASSES; c++) {
     wd__stack_pool *p = &rt->pools[c];
-    while (p->nhot > WD__HOT_STACKS &&
-           p->q[p->first].freed_ms + WD__RETAIN_MS <= now) {
+    while (p->nhot > WD__HOT_STACKS) {
+      size_t i = wd__slotset_last(&p->hot);
+      const slot_ent *e = &p->ent[i];
+      if (e->freed_ms + WD__RETAIN_MS > now) break;
       if (budget-- == 0) return true;
-      free_ent e = p->q[p->first];
-      p->first = (p->first + 1) & (p->cap - 1);
-      p->nhot--;
       char *top_page =
-          (char *)((uintptr_t)(e.hi - 1) & ~(uintptr_t)(wd__page - 1));
-      if (top_page > e.lo)
-        madvise(e.lo, (size_t)(top_page - e.lo), MADV_DONTNEED);
-      cold_node *f = (cold_node *)(e.hi - sizeof(cold_node));
-      f->st = (wd__stack){e.lo, e.hi, e.canary, p};
-      f->next = p->cold;
-      p->cold = f;
+          (char *)((uintptr_t)(e->hi - 1) & ~(uintptr_t)(wd__page - 1));
+      if (top_page > e->lo)
+        madvise(e->lo, (size_t)(top_page - e->lo), MADV_DONTNEED);
+      wd__slotset_del(&p->hot, i);
+      wd__slotset_add(&p->cold, i);
+      p->nhot--;
       p->ncold++;
     }
   }
@@ -374,7 +410,7 @@ uint64_t wd__stacks_next_trim(wd_runtime *rt) {
   for (int c = 0; c < WD__NCLASSES; c++) {
     wd__stack_pool *p = &rt->pools[c];
     if (p->nhot <= WD__HOT_STACKS) continue;
-    uint64_t due = p->q[p->first].freed_ms + WD__RETAIN_MS;
+    uint64_t due = p->ent[wd__slotset_last(&p->hot)].freed_ms + WD__RETAIN_MS;
     uint64_t in = due > now ? due - now : 0;
     if (in < next) next = in;
   }
