@@ -724,7 +724,12 @@ static int reuse_main(wd_task *self, void *arg) {
     while (j < REUSE_N && reuse_seen[0][j] != reuse_seen[1][i])
       j++;
     cr_assert_lt(j, REUSE_N, "spawn %d got a stack of the first round", i);
-    if (i < REUSE_STASH) continue;
+    if (i < REUSE_STASH) { /* the last to end in the first round */
+      cr_assert_eq(args[0][j].sleep_ms, REUSE_N - 1 - i,
+                   "spawn %d took the stack of a task that slept %d ms", i,
+                   args[0][j].sleep_ms);
+      continue;
+    }
     cr_assert_gt(j, prev, "spawn %d took first-round stack %d after %d", i, j,
                  prev);
     prev = j;

@@ -46,7 +46,7 @@ static void churn(wd__slotset *s, bool *in, size_t cap, int steps,
   }
 }
 
-Test(slotset, matches_a_plain_array_while_growing_through_three_levels) {
+Test(slotset, matches_a_plain_array_while_growing_through_four_levels) {
   wd__slotset s = {0};
   size_t caps[] = {64, 100, 4096, 5000, 300000};
   bool *in = calloc(300000, sizeof *in);

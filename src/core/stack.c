@@ -80,8 +80,8 @@ struct wd__stack_pool {
   slot_ent *ent;     /* by slot number; valid for free stacks only */
   size_t cap;        /* room in ent and in the sets */
   size_t carved;
-  uint32_t stash[WD__STASH]; /* the last few freed, taken first */
-  size_t nstash;
+  uint32_t stash[WD__STASH]; /* a ring of the last few freed, taken first */
+  size_t nstash, stash_end;  /* the newest is stash[(stash_end - 1) % ...] */
   wd__slotset hot;    /* the other free stacks whose pages are committed */
   wd__slotset cold;   /* free stacks whose pages were given back */
   size_t nhot, ncold; /* nhot counts the stash too */
@@ -336,7 +336,8 @@ int wd__stack_get(wd_runtime *rt, size_t size, wd__stack *out) {
   if (wd__alloc_fail_point()) return WD_ENOMEM;
   wd__stack_pool *p = &rt->pools[c];
   if (WD_LIKELY(p->nstash)) {
-    fill(p, p->stash[--p->nstash], c, out);
+    p->nstash--;
+    fill(p, p->stash[--p->stash_end % WD__STASH], c, out);
     p->nhot--;
     return 0;
   }
@@ -362,15 +363,17 @@ void wd__stack_put(wd_runtime *rt, const wd__stack *st) {
    * poisoned; the next task on this stack must start clean. */
   ASAN_UNPOISON_MEMORY_REGION(st->lo, (size_t)(st->hi - st->lo));
 #endif
-  /* Room is certain: the sets were grown when the stack was carved. */
   /* Written here, not when carved: the table's pages for stacks that were
-   * never freed stay untouched, as a million parked tasks need. */
+   * never freed stay untouched, as a million parked tasks need.  Room in
+   * the set is certain: it grew when the stack was carved. */
   p->ent[st->slot] = (slot_ent){st->lo, st->hi, st->canary, coarse_ms(rt)};
   p->nhot++;
-  if (p->nstash < WD__STASH)
-    p->stash[p->nstash++] = st->slot;
-  else
-    wd__slotset_add(&p->hot, st->slot);
+  if (p->nstash == WD__STASH) { /* the oldest in the stash makes room */
+    wd__slotset_add(&p->hot, p->stash[(p->stash_end - WD__STASH) % WD__STASH]);
+    p->nstash--;
+  }
+  p->stash[p->stash_end++ % WD__STASH] = st->slot;
+  p->nstash++;
 }
 
 /* Give back the pages of free stacks that have not been reused for
