@@ -73,7 +73,11 @@ wd_runtime *wd_task_runtime(const wd_task *self);
 int wd_yield(wd_task *self);
 
 /* Sleep for `duration` ns (a negative duration is WD_EINVAL; 0 yields).
- * Checkpoint: yes.  Returns 0, WD_ECANCELED, WD_ETIMEDOUT or WD_EINVAL. */
+ * The duration counts from this call, which reads the clock: unlike a
+ * libuv timer, which counts from the loop's time cached at the start of
+ * its iteration, a sleep never ends early because of work done earlier in
+ * that iteration.  Checkpoint: yes.  Returns 0, WD_ECANCELED, WD_ETIMEDOUT or
+ * WD_EINVAL. */
 int wd_sleep(wd_task *self, wd_time duration);
 
 /* Sleep until the runtime clock reaches `deadline`; a deadline already past
