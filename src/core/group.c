@@ -10,7 +10,8 @@
  * in wd__group_task_done(), which runs on the ending task's stack: it files
  * a failure (moving the task's detailed error into the group), cancels the
  * siblings unless the group supervises, starts the next pending spawn, and
- * wakes the owner when the last task is gone.
+ * wakes the owner when the last task is gone.  wd_spawn() itself is in
+ * task.c, where the start of a task is inlined into it.
  */
 #include <stdio.h>
 #include <string.h>
@@ -46,20 +47,10 @@ int wd_group_enter_(wd_task *self, wd_group *g, const wd_group_opts *opts,
   return 0;
 }
 
-static void handle_reset(wd_handle *h, uint64_t id) {
-  if (!h) return;
-  h->task = NULL;
-  h->id = id;
-  h->status = 0;
-  h->result = NULL;
-  h->done = false;
-  h->joiner_ = NULL;
-  h->pending_ = NULL;
-}
-
-static int queue_pending(wd_group *g, wd_task_fn fn, void *arg,
-                         const wd_spawn_opts *o, const char *file, int line,
-                         wd__local *locals) {
+/* Queue a spawn behind the group's max_running cap (WD_ENOMEM, or 0). */
+int wd__group_queue(wd_group *g, wd_task_fn fn, void *arg,
+                    const wd_spawn_opts *o, const char *file, int line,
+                    wd__local *locals) {
   wd__pending *p = wd__calloc(1, sizeof *p);
   if (!p) return WD_ENOMEM;
   p->fn = fn;
@@ -72,61 +63,11 @@ static int queue_pending(wd_group *g, wd_task_fn fn, void *arg,
   p->id = ++g->owner_->rt->next_id;
   if (o->name) snprintf(p->name, sizeof p->name, "%s", o->name);
   p->group = g;
-  handle_reset(o->handle, p->id);
+  wd__handle_reset(o->handle, p->id);
   if (o->handle) o->handle->pending_ = p;
   wd__list_push_back(&g->pending_, &p->link);
   g->npending_++;
   g->nlive_++;
-  return 0;
-}
-
-int wd_spawn_(wd_group *g, wd_task_fn fn, void *arg, const wd_spawn_opts *opts,
-              const char *file, int line) {
-  wd_runtime *rt = wd__rt;
-  wd_task *cur = rt ? rt->current : NULL;
-  wd_task *self = cur && !cur->is_sched ? cur : NULL;
-  if (!g || !fn)
-    return wd_fail(self, WD_EINVAL, "wd_spawn: NULL %s", !g ? "group" : "fn");
-  /* Closed first: the owner of an exited group may be gone. */
-  if (g->closed_)
-    return wd_fail(self, WD_ECLOSED, "wd_spawn: group '%s' is closed",
-                   g->name_);
-  if (!rt || !g->owner_ || g->owner_->rt != rt)
-    return wd_fail(self, WD_EINVAL,
-                   "wd_spawn: group '%s' is not open on this thread's runtime",
-                   g->name_);
-  wd_spawn_opts o = opts ? *opts : (wd_spawn_opts){0};
-  if (o.stack_size &&
-      (o.stack_size < WD_STACK_MIN || o.stack_size > WD_STACK_MAX))
-    return wd_fail(self, WD_EINVAL,
-                   "wd_spawn: stack size %zu outside [%zu, %zu]", o.stack_size,
-                   WD_STACK_MIN, WD_STACK_MAX);
-  wd__local *locals = self ? self->locals : NULL;
-  if (g->max_running_ && g->nrunning_ >= g->max_running_) {
-    int rc = queue_pending(g, fn, arg, &o, file, line, locals);
-    if (rc) { /* the handle says so, as when a stack cannot be had */
-      handle_reset(o.handle, 0);
-      wd__handle_finish(o.handle, rc, NULL);
-    }
-    return rc ? wd_fail(self, rc,
-                        "wd_spawn: no memory to queue a task "
-                        "in group '%s'",
-                        g->name_)
-              : 0;
-  }
-  handle_reset(o.handle, 0);
-  int rc = wd__task_spawn(g, fn, arg, o.handle, o.stack_size, o.name, file,
-                          line, wd__local_ref(locals), 0);
-  if (rc) {
-    wd__local_unref(locals);
-    wd__handle_finish(o.handle, rc, NULL);
-    return wd_fail(self, rc,
-                   "wd_spawn: no memory for a task stack in "
-                   "group '%s'",
-                   g->name_);
-  }
-  g->nlive_++;
-  g->nspawned_++;
   return 0;
 }
 
@@ -308,7 +249,7 @@ int wd_run_tasks(wd_task *self, wd_job *jobs, size_t n,
       return wd_fail(self, WD_EINVAL, "wd_run_tasks: job %zu has no fn", i);
   }
   for (size_t i = 0; i < n; i++) {
-    handle_reset(&jobs[i].h, 0);
+    wd__handle_reset(&jobs[i].h, 0);
     jobs[i].h.status = WD_ECANCELED; /* until it is spawned */
     jobs[i].h.done = true;
   }

@@ -374,6 +374,20 @@ int wd__task_spawn(wd_group *g, wd_task_fn fn, void *arg, wd_handle *h,
                    size_t stack_size, const char *name, const char *file,
                    int line, wd__local *locals, uint64_t id);
 void wd__group_task_done(wd_group *g, wd_task *t, int status);
+int wd__group_queue(wd_group *g, wd_task_fn fn, void *arg,
+                    const wd_spawn_opts *o, const char *file, int line,
+                    wd__local *locals);
+/* Make h a fresh handle for a spawn (id 0 until the task has one). */
+static inline void wd__handle_reset(wd_handle *h, uint64_t id) {
+  if (!h) return;
+  h->task = NULL;
+  h->id = id;
+  h->status = 0;
+  h->result = NULL;
+  h->done = false;
+  h->joiner_ = NULL;
+  h->pending_ = NULL;
+}
 void wd__handle_finish(wd_handle *h, int status, void *result);
 
 wd__local *wd__local_ref(wd__local *l);

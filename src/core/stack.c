@@ -263,8 +263,11 @@ static int room_for_one(wd__stack_pool *p) {
   return 0;
 }
 
-/* Carve the next never-used slot of the newest arena. */
-static int carve(wd_runtime *rt, int c, wd__stack *st) {
+/* Carve the next never-used slot of the newest arena.  Out of line: it
+ * runs once per stack, and inlined it would give every take a large
+ * frame. */
+__attribute__((noinline)) static int carve(wd_runtime *rt, int c,
+                                           wd__stack *st) {
   wd__stack_pool *p = &rt->pools[c];
   if (room_for_one(p)) return WD_ENOMEM;
   wd__arena *a = p->arenas;
@@ -330,9 +333,12 @@ static inline void take(wd__stack_pool *p, wd__slotset *set, size_t i, int c,
 }
 
 int wd__stack_get(wd_runtime *rt, size_t size, wd__stack *out) {
-  int c = size ? class_of(size) : rt->default_class;
-  if (c < 0) return WD_EINVAL;
-  if (c < rt->min_class) c = rt->min_class;
+  int c = rt->default_class; /* at least min_class */
+  if (size) {
+    c = class_of(size);
+    if (c < 0) return WD_EINVAL;
+    if (c < rt->min_class) c = rt->min_class;
+  }
   if (wd__alloc_fail_point()) return WD_ENOMEM;
   wd__stack_pool *p = &rt->pools[c];
   if (WD_LIKELY(p->nstash)) {

@@ -1,4 +1,5 @@
-/* Tasks: creation, the entry trampoline, the end of a task, handles.
+/* Tasks: creation (wd_spawn), the entry trampoline, the end of a task,
+ * handles.
  *
  * A task's record lives at the top of its own stack, so a spawn is a stack
  * taken from the cache plus a few stores, and a parked task costs the one
@@ -98,9 +99,13 @@ void wd__task_main(void *arg) {
   task_finish(t, rc);
 }
 
-int wd__task_spawn(wd_group *g, wd_task_fn fn, void *arg, wd_handle *h,
-                   size_t stack_size, const char *name, const char *file,
-                   int line, wd__local *locals, uint64_t id) {
+/* Start a task: take a stack, write the record, queue it.  Inlined into
+ * wd_spawn_(), so that the usual spawn is one frame; wd__task_spawn() is
+ * the same for the other callers. */
+static inline __attribute__((always_inline)) int
+start_task(wd_group *g, wd_task_fn fn, void *arg, wd_handle *h,
+           size_t stack_size, const char *name, const char *file, int line,
+           wd__local *locals, uint64_t id) {
   wd_runtime *rt = wd__rt;
   wd__stack st;
   int rc = wd__timers_reserve(rt); /* for its sleeps */
@@ -167,10 +172,74 @@ int wd__task_spawn(wd_group *g, wd_task_fn fn, void *arg, wd_handle *h,
   return 0;
 }
 
-wd_task *wd_self(void) {
-  wd_runtime *rt = wd__rt;
+int wd__task_spawn(wd_group *g, wd_task_fn fn, void *arg, wd_handle *h,
+                   size_t stack_size, const char *name, const char *file,
+                   int line, wd__local *locals, uint64_t id) {
+  return start_task(g, fn, arg, h, stack_size, name, file, line, locals, id);
+}
+
+/* The task calling, or NULL outside any task. */
+static inline wd_task *caller(wd_runtime *rt) {
   return rt && !rt->current->is_sched ? rt->current : NULL;
 }
+
+__attribute__((noinline, cold)) static int
+spawn_refused(wd_runtime *rt, wd_group *g, wd_task_fn fn) {
+  wd_task *self = caller(rt);
+  if (!g || !fn)
+    return wd_fail(self, WD_EINVAL, "wd_spawn: NULL %s", !g ? "group" : "fn");
+  /* Closed first: the owner of an exited group may be gone. */
+  if (g->closed_)
+    return wd_fail(self, WD_ECLOSED, "wd_spawn: group '%s' is closed",
+                   g->name_);
+  return wd_fail(self, WD_EINVAL,
+                 "wd_spawn: group '%s' is not open on this thread's runtime",
+                 g->name_);
+}
+
+int wd_spawn_(wd_group *g, wd_task_fn fn, void *arg, const wd_spawn_opts *opts,
+              const char *file, int line) {
+  wd_runtime *rt = wd__rt;
+  if (WD_UNLIKELY(!g || !fn || g->closed_ || !rt || !g->owner_ ||
+                  g->owner_->rt != rt))
+    return spawn_refused(rt, g, fn);
+  wd_task *self = caller(rt);
+  wd_spawn_opts o = opts ? *opts : (wd_spawn_opts){0};
+  if (o.stack_size &&
+      (o.stack_size < WD_STACK_MIN || o.stack_size > WD_STACK_MAX))
+    return wd_fail(self, WD_EINVAL,
+                   "wd_spawn: stack size %zu outside [%zu, %zu]", o.stack_size,
+                   WD_STACK_MIN, WD_STACK_MAX);
+  wd__local *locals = self ? self->locals : NULL;
+  if (g->max_running_ && g->nrunning_ >= g->max_running_) {
+    int rc = wd__group_queue(g, fn, arg, &o, file, line, locals);
+    if (rc) { /* the handle says so, as when a stack cannot be had */
+      wd__handle_reset(o.handle, 0);
+      wd__handle_finish(o.handle, rc, NULL);
+    }
+    return rc ? wd_fail(self, rc,
+                        "wd_spawn: no memory to queue a task "
+                        "in group '%s'",
+                        g->name_)
+              : 0;
+  }
+  wd__handle_reset(o.handle, 0);
+  int rc = start_task(g, fn, arg, o.handle, o.stack_size, o.name, file, line,
+                      wd__local_ref(locals), 0);
+  if (rc) {
+    wd__local_unref(locals);
+    wd__handle_finish(o.handle, rc, NULL);
+    return wd_fail(self, rc,
+                   "wd_spawn: no memory for a task stack in "
+                   "group '%s'",
+                   g->name_);
+  }
+  g->nlive_++;
+  g->nspawned_++;
+  return 0;
+}
+
+wd_task *wd_self(void) { return caller(wd__rt); }
 
 uint64_t wd_task_id(const wd_task *task) { return task ? task->id : 0; }
 
