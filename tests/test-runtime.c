@@ -674,10 +674,10 @@ Test(runtime, idle_free_stacks_give_their_pages_back_and_stay_usable) {
  * order the stacks were first made, not the order they were freed: a burst
  * of spawns then walks its stacks' pages in address order, which is what
  * keeps a hundred thousand tasks from missing the TLB at every step.  Only
- * the 16 most recently freed stacks (WD__STASH in stack.c) are taken first,
- * newest first, for the common spawn that follows a task's end. */
-#define REUSE_N 300
-#define REUSE_STASH 16
+ * the 1024 most recently freed stacks (WD__STASH in stack.c) are taken
+ * first, newest first, for the common spawn that follows a task's end. */
+#define REUSE_N 1500
+#define REUSE_STASH 1024
 static wd_task *reuse_seen[2][REUSE_N];
 
 typedef struct reuse_arg {

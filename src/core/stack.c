@@ -17,13 +17,13 @@
  * itself a string of cache misses unless neighbouring pages' entries are
  * walked one after the other; reusing stacks in the order they were freed
  * (LIFO) made the spawns and first runs of 100k sleepers three times
- * slower.  In front of the set, the WD__STASH most recently freed stacks
- * are kept LIFO, so that a task's end and the spawn that follows (the
- * common short-lived task) meet on a stack still in the caches for a few
- * instructions.  Taking a stack reads no stack memory, and the record of
- * the stack a few takes ahead is prefetched.  The table and the sets grow
- * when a slot is carved, where failure can be reported, so that giving a
- * stack back never allocates.
+ * slower.  In front of the set, the WD__STASH (1024) most recently freed
+ * stacks are kept LIFO, so that a task's end and the spawn that follows
+ * (the common short-lived task) meet on a stack still in the caches for a
+ * few instructions, and bursts that fit in the TLB skip the set.  Taking a
+ * stack reads no stack memory, and the record of the stack a few takes ahead is
+ * prefetched.  The table and the sets grow when a slot is carved, where failure
+ * can be reported, so that giving a stack back never allocates.
  *
  * Overflow protection is a budget.  A guard page costs two of the
  * process's vm.max_map_count mappings (it splits the arena), so arenas are
@@ -62,10 +62,16 @@
 #define WD__CLASS_MAX 26 /* 64 MiB */
 #define WD__NCLASSES (WD__CLASS_MAX - WD__CLASS_MIN + 1)
 
-/* A few freed stacks are kept LIFO in front of the set, where a task that
- * ends and a spawn that follows (the common short-lived task) find each
- * other in a couple of instructions and on a stack still in the caches. */
-#define WD__STASH 16
+/* The most recently freed stacks are kept LIFO in front of the set, where
+ * a task that ends and a spawn that follows (the common short-lived task)
+ * find each other in a couple of instructions and on a stack still in the
+ * caches.  The order matters only past what the TLB holds (1536-3072
+ * entries on current x86 cores): a burst of up to this many spawns reuses
+ * its stacks LIFO at no cost in page walks, and only the stacks of a
+ * larger one go through the set.  No more than trimming keeps, so that a
+ * pool with stacks to trim always has some in the set. */
+#define WD__STASH 1024
+_Static_assert(WD__STASH <= WD__HOT_STACKS, "trimming takes from the set");
 
 /* A carved stack, by its number in the pool. */
 typedef struct slot_ent {
