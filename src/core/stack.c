@@ -10,9 +10,10 @@
  * memory for ever.
  *
  * Each carved stack has a number in its class, in carving order (address
- * order within an arena).  The free ones are a slot set (slotset.h), and a
- * spawn takes the lowest: tasks end in any order, but a burst of spawns
- * then walks its stacks' pages in address order.  With a hundred thousand
+ * order within an arena).  Beyond the most recently freed (the stash,
+ * below), the free ones are a slot set (slotset.h), and a spawn takes the
+ * lowest: tasks end in any order, but a large burst of spawns then walks
+ * its stacks' pages in address order.  With a hundred thousand
  * tasks every page is a TLB miss, and in a virtual machine a page walk is
  * itself a string of cache misses unless neighbouring pages' entries are
  * walked one after the other; reusing stacks in the order they were freed
@@ -72,6 +73,7 @@
  * pool with stacks to trim always has some in the set. */
 #define WD__STASH 1024
 _Static_assert(WD__STASH <= WD__HOT_STACKS, "trimming takes from the set");
+_Static_assert((WD__STASH & (WD__STASH - 1)) == 0, "the ring's % is a mask");
 
 /* A carved stack, by its number in the pool. */
 typedef struct slot_ent {
@@ -86,8 +88,9 @@ struct wd__stack_pool {
   slot_ent *ent;     /* by slot number; valid for free stacks only */
   size_t cap;        /* room in ent and in the sets */
   size_t carved;
-  uint32_t stash[WD__STASH]; /* a ring of the last few freed, taken first */
-  size_t nstash, stash_end;  /* the newest is stash[(stash_end - 1) % ...] */
+  uint32_t *stash;          /* a ring of the last WD__STASH freed, taken first;
+                             * allocated with the class's first stack */
+  size_t nstash, stash_end; /* the newest is stash[(stash_end - 1) % ...] */
   wd__slotset hot;    /* the other free stacks whose pages are committed */
   wd__slotset cold;   /* free stacks whose pages were given back */
   size_t nhot, ncold; /* nhot counts the stash too */
@@ -205,6 +208,7 @@ void wd__stacks_deinit(wd_runtime *rt) {
       a = next;
     }
     wd__free(rt->pools[c].ent);
+    wd__free(rt->pools[c].stash);
     wd__slotset_free(&rt->pools[c].hot);
     wd__slotset_free(&rt->pools[c].cold);
   }
@@ -259,6 +263,10 @@ static wd__arena *arena_new(wd_runtime *rt, wd__stack_pool *p) {
  * can be reported, so that giving a stack back never allocates. */
 static int room_for_one(wd__stack_pool *p) {
   if (p->carved < p->cap) return 0;
+  if (!p->stash) { /* only the classes in use pay for one (4 KiB) */
+    p->stash = wd__malloc(WD__STASH * sizeof *p->stash);
+    if (!p->stash) return WD_ENOMEM;
+  }
   size_t cap = p->cap ? p->cap * 2 : 64;
   slot_ent *ent = wd__realloc(p->ent, cap * sizeof *ent);
   if (!ent) return WD_ENOMEM;
@@ -389,8 +397,9 @@ void wd__stack_put(wd_runtime *rt, const wd__stack *st) {
 }
 
 /* Give back the pages of free stacks that have not been reused for
- * WD__RETAIN_MS, highest first and beyond the WD__HOT_STACKS lowest of each
- * class (the ones spawns take next), at most budget of them: one madvise
+ * WD__RETAIN_MS, highest first and beyond the WD__HOT_STACKS of each class
+ * that spawns take next (the stash, then the lowest in the set), at most
+ * budget of them: one madvise
  * each, done when the runtime is idle rather than when a task ends, and
  * late enough that a workload that comes back in bursts finds its stacks
  * still committed.  The highest free stack is the one spawns reach last,

@@ -188,7 +188,6 @@ spawn_refused(wd_runtime *rt, wd_group *g, wd_task_fn fn) {
   wd_task *self = caller(rt);
   if (!g || !fn)
     return wd_fail(self, WD_EINVAL, "wd_spawn: NULL %s", !g ? "group" : "fn");
-  /* Closed first: the owner of an exited group may be gone. */
   if (g->closed_)
     return wd_fail(self, WD_ECLOSED, "wd_spawn: group '%s' is closed",
                    g->name_);
@@ -200,6 +199,8 @@ spawn_refused(wd_runtime *rt, wd_group *g, wd_task_fn fn) {
 int wd_spawn_(wd_group *g, wd_task_fn fn, void *arg, const wd_spawn_opts *opts,
               const char *file, int line) {
   wd_runtime *rt = wd__rt;
+  /* Closed before the owner is read: the owner of an exited group may be
+   * gone. */
   if (WD_UNLIKELY(!g || !fn || g->closed_ || !rt || !g->owner_ ||
                   g->owner_->rt != rt))
     return spawn_refused(rt, g, fn);
