@@ -13,18 +13,19 @@
  * order within an arena).  Beyond the most recently freed (the stash,
  * below), the free ones are a slot set (slotset.h), and a spawn takes the
  * lowest: tasks end in any order, but a large burst of spawns then walks
- * its stacks' pages in address order.  With a hundred thousand
- * tasks every page is a TLB miss, and in a virtual machine a page walk is
+ * its stacks' pages in address order.  With a hundred thousand tasks
+ * every page is a TLB miss, and in a virtual machine a page walk is
  * itself a string of cache misses unless neighbouring pages' entries are
  * walked one after the other; reusing stacks in the order they were freed
  * (LIFO) made the spawns and first runs of 100k sleepers three times
  * slower.  In front of the set, the WD__STASH (1024) most recently freed
  * stacks are kept LIFO, so that a task's end and the spawn that follows
  * (the common short-lived task) meet on a stack still in the caches for a
- * few instructions, and bursts that fit in the TLB skip the set.  Taking a
- * stack reads no stack memory, and the record of the stack a few takes ahead is
- * prefetched.  The table and the sets grow when a slot is carved, where failure
- * can be reported, so that giving a stack back never allocates.
+ * few instructions, and bursts that fit in the TLB skip the set.  Taking
+ * a stack reads no stack memory, and the record of the stack a few takes
+ * ahead is prefetched.  The table and the sets grow when a slot is carved,
+ * where failure can be reported, so that giving a stack back never
+ * allocates.
  *
  * Overflow protection is a budget.  A guard page costs two of the
  * process's vm.max_map_count mappings (it splits the arena), so arenas are
@@ -66,10 +67,10 @@
 /* The most recently freed stacks are kept LIFO in front of the set, where
  * a task that ends and a spawn that follows (the common short-lived task)
  * find each other in a couple of instructions and on a stack still in the
- * caches.  The order matters only past what the TLB holds (1536-3072
- * entries on current x86 cores): a burst of up to this many spawns reuses
- * its stacks LIFO at no cost in page walks, and only the stacks of a
- * larger one go through the set.  No more than trimming keeps, so that a
+ * caches.  The order matters most past what the TLB holds (1536-3072
+ * entries on current x86 cores), so a burst of up to this many spawns
+ * should lose little to LIFO order, and only the stacks of a larger one
+ * go through the set.  No more than trimming keeps, so that a
  * pool with stacks to trim always has some in the set. */
 #define WD__STASH 1024
 _Static_assert(WD__STASH <= WD__HOT_STACKS, "trimming takes from the set");
@@ -399,13 +400,12 @@ void wd__stack_put(wd_runtime *rt, const wd__stack *st) {
 /* Give back the pages of free stacks that have not been reused for
  * WD__RETAIN_MS, highest first and beyond the WD__HOT_STACKS of each class
  * that spawns take next (the stash, then the lowest in the set), at most
- * budget of them: one madvise
- * each, done when the runtime is idle rather than when a task ends, and
- * late enough that a workload that comes back in bursts finds its stacks
- * still committed.  The highest free stack is the one spawns reach last,
- * so it has normally been free the longest; when it was freed recently the
- * pass stops there rather than search the set.  Returns true if more are
- * due now. */
+ * budget of them: one madvise each, done when the runtime is idle rather
+ * than when a task ends, and late enough that a workload that comes back
+ * in bursts finds its stacks still committed.  The highest free stack is
+ * the one spawns reach last, so it has normally been free the longest;
+ * when it was freed recently the pass stops there rather than search the
+ * set.  Returns true if more are due now. */
 bool wd__stacks_trim(wd_runtime *rt, size_t budget) {
   uint64_t now = coarse_ms(rt);
   for (int c = 0; c < WD__NCLASSES; c++) {
